@@ -1,0 +1,11 @@
+"""elfkit: a framework for continuous text generators; ELF is the default recipe."""
+
+from elfkit.hookspecs import hookimpl
+from elfkit.types import Denoiser, Embedder, ModelCapabilities, Prediction, Sampler, SamplerOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Denoiser", "Embedder", "ModelCapabilities", "Prediction", "Sampler", "SamplerOutput",
+    "hookimpl", "__version__",
+]

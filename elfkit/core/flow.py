@@ -1,0 +1,98 @@
+"""The linear flow path and the conversions between x-, ε- and v-predictions.
+
+Convention (ELF, flow_matching): ``z_t = t·x + (1−t)·ε`` with ``ε = s·ε₀``,
+``ε₀ ~ N(0, I)`` and noise scale ``s``; t=0 is pure noise, t=1 is data, and the
+velocity is ``v = dz/dt = x − ε``. Every conversion here works on the *scaled* noise
+ε; a network that outputs unit-variance noise is rescaled by its target component.
+
+Two clamps keep the conversions finite (reference: ELF ``t_eps=0.05``):
+- anything divided by ``1−t`` (x → v, x → ε) uses ``max(1−t, t_eps)``;
+- anything divided by ``t`` (ε → x, ε → v) uses ``max(t, t_min)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+T_EPS = 0.05  # ELF's clamp on 1-t
+T_MIN = 0.05  # clamp on t for ε-prediction (same magnitude, at the noise end)
+
+
+def expand_time(t: Tensor, like: Tensor) -> Tensor:
+    """Broadcast a per-sample ``t`` of shape (B,) (or a scalar) against ``like`` (B, ...)."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    if t.dim() == 0:
+        return t
+    return t.reshape(t.shape + (1,) * (like.dim() - t.dim()))
+
+
+def interpolate(x: Tensor, noise: Tensor, t: Tensor, noise_scale: float = 1.0) -> Tensor:
+    """``z_t = t·x + (1−t)·s·ε₀``. ``noise`` is unit-variance ε₀; t is (B,) or per-token (B,S)."""
+    tt = expand_time(t, x)
+    return tt * x + (1 - tt) * noise_scale * noise
+
+
+def one_minus_t(t: Tensor, like: Tensor, t_eps: float = T_EPS) -> Tensor:
+    """``max(1−t, t_eps)`` broadcast against ``like``."""
+    return (1 - expand_time(t, like)).clamp_min(t_eps)
+
+
+def clamped_t(t: Tensor, like: Tensor, t_min: float = T_MIN) -> Tensor:
+    """``max(t, t_min)`` broadcast against ``like``."""
+    return expand_time(t, like).clamp_min(t_min)
+
+
+# --- from x̂ ---------------------------------------------------------------------------
+def x_to_v(x_hat: Tensor, z: Tensor, t: Tensor, t_eps: float = T_EPS) -> Tensor:
+    """``v̂ = (x̂ − z)/max(1−t, t_eps)`` (ELF's ``net_out_to_v``)."""
+    return (x_hat - z) / one_minus_t(t, z, t_eps)
+
+
+def x_to_eps(x_hat: Tensor, z: Tensor, t: Tensor, t_eps: float = T_EPS) -> Tensor:
+    """``ε̂ = (z − t·x̂)/max(1−t, t_eps)``."""
+    return (z - expand_time(t, z) * x_hat) / one_minus_t(t, z, t_eps)
+
+
+# --- from ε̂ ---------------------------------------------------------------------------
+def eps_to_x(eps_hat: Tensor, z: Tensor, t: Tensor, t_min: float = T_MIN) -> Tensor:
+    """``x̂ = (z − (1−t)·ε̂)/max(t, t_min)``: unstable near t→0, hence the clamp."""
+    return (z - (1 - expand_time(t, z)) * eps_hat) / clamped_t(t, z, t_min)
+
+
+def eps_to_v(eps_hat: Tensor, z: Tensor, t: Tensor, t_min: float = T_MIN) -> Tensor:
+    """``v̂ = (z − ε̂)/max(t, t_min)``."""
+    return (z - eps_hat) / clamped_t(t, z, t_min)
+
+
+# --- from v̂ ---------------------------------------------------------------------------
+def v_to_x(v_hat: Tensor, z: Tensor, t: Tensor) -> Tensor:
+    """``x̂ = z + (1−t)·v̂``: no singularity."""
+    return z + (1 - expand_time(t, z)) * v_hat
+
+
+def v_to_eps(v_hat: Tensor, z: Tensor, t: Tensor) -> Tensor:
+    """``ε̂ = z − t·v̂``: no singularity."""
+    return z - expand_time(t, z) * v_hat
+
+
+# --- the path as a value ------------------------------------------------------------------
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class FlowPath:
+    """The path's constants, shared by training (interpolant) and sampling (initial and
+    SDE noise). ELF: noise scale 2.0, t_eps 0.05."""
+
+    noise_scale: float = 1.0
+    t_eps: float = T_EPS
+    t_min: float = T_MIN
+
+    def interpolate(self, x: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        return interpolate(x, noise, t, self.noise_scale)
+
+    def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+        """``z_0 = s·N(0, I)``."""
+        return self.noise_scale * torch.randn(shape, generator=generator, device=device, dtype=dtype)

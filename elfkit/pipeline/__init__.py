@@ -1,0 +1,1 @@
+"""Stages of a run: prepare data → train → sample → evaluate → report."""

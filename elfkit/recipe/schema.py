@@ -1,0 +1,160 @@
+"""The recipe: pydantic models for every section. Components are chosen by registry name.
+
+Validation is two-phase (see :func:`elfkit.recipe.load.resolve`): first this schema
+(strict keys everywhere except inside a component reference), then each component's
+own config model, whose errors are re-rooted under the recipe path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+
+
+class ComponentRef(BaseModel):
+    """``{name: <registry name>, ...that component's config keys}``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    _config: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `sampler: euler` is shorthand for `sampler: {name: euler}`
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def config(self) -> Any:
+        """The component's validated config model (set by ``resolve``)."""
+        if self._config is None:
+            raise RuntimeError(f"component '{self.name}' was not resolved against a registry")
+        return self._config
+
+
+def ref(name: str, **params: Any) -> ComponentRef:
+    return ComponentRef(name=name, **params)
+
+
+class PathSection(BaseModel):
+    """The flow path shared by training and sampling."""
+
+    model_config = STRICT
+    noise_scale: float = Field(2.0, gt=0)
+    """s in z = t·x + (1−t)·s·ε (ELF: 2.0). Also scales sampling's initial and SDE noise."""
+    t_eps: float = Field(0.05, gt=0, lt=1)
+    """Clamp for 1−t in x→v (ELF: 0.05)."""
+    t_min: float = Field(0.05, gt=0, lt=1)
+    """Clamp for t in ε→x (ε-prediction only)."""
+
+
+class MuonSection(BaseModel):
+    model_config = STRICT
+    momentum: float = Field(0.95, ge=0, lt=1)
+    ns_steps: int = Field(5, ge=1)
+    implementation: Literal["reference", "torch"] = "reference"
+    """'reference': optax-style Muon as ELF trains it (bias-corrected Nesterov, √max(1,out/in)
+    scaling). 'torch': torch.optim.Muon (differs: see docs/optimisation.md)."""
+
+
+class TrainSection(BaseModel):
+    model_config = STRICT
+    steps: int = Field(1000, gt=0)
+    """Optimiser steps."""
+    batch_size: int = Field(32, gt=0)
+    """Global batch (all ranks, one accumulation step counts once)."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-steps per optimiser step; the LR uses blr·batch_size·grad_accum/256."""
+    blr: float = Field(1e-3, gt=0)
+    """Base LR; the LR is blr·batch_size·grad_accum/256 (ELF: 1e-3 → 2e-3 at 512)."""
+    lr: float | None = Field(None, gt=0)
+    """Explicit LR (overrides the blr rule)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup from 0, then constant (ELF)."""
+    optimizer: Literal["muon", "adamw"] = "muon"
+    """'muon': Muon on 2-D params + Nesterov-Adam on the rest (ELF). 'adamw': AdamW on all."""
+    muon: MuonSection = MuonSection()
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_grad: float | None = Field(1.0, gt=0)
+    """Global-norm clip (None = off)."""
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    """EMA of the weights, used for sampling when sample.use_ema."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """'bf16': autocast for the blocks; heads, norms and losses stay fp32 (reference)."""
+    compile: bool = False
+    activation_checkpointing: bool = False
+    checkpoint_every: int = Field(200, gt=0)
+    """Steps between checkpoints (also written at the end and on Ctrl-C)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, gt=0)
+    max_minutes: float | None = Field(None, gt=0)
+    """Stop early (with a checkpoint) after this much wall time."""
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Under torchrun: DDP ('auto' for B-size models) or FSDP2 fully_shard."""
+
+
+class SampleSection(BaseModel):
+    model_config = STRICT
+    sampler: ComponentRef = Field(default_factory=lambda: ref("sde", steps=32, gamma=1.5))
+    grid: ComponentRef | None = None
+    """Time component giving the grid; None = the recipe's training `time` (ELF)."""
+    guidance: ComponentRef = Field(default_factory=lambda: ref("self-cond", scale=3.0))
+    num_samples: int = Field(64, gt=0)
+    batch_size: int = Field(32, gt=0)
+    use_ema: bool = True
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    """One sample set per seed; metrics are reported as mean ± standard error."""
+
+
+class EvalSection(BaseModel):
+    model_config = STRICT
+    evaluators: list[ComponentRef] = Field(default_factory=list)
+    references: bool = True
+    """Also score held-out real text and a token-shuffled copy of it, as reference rows."""
+    num_references: int = Field(64, gt=0)
+
+
+class SweepSection(BaseModel):
+    model_config = STRICT
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    """Dotted recipe key → values; the sweep is the cartesian product."""
+
+
+class Recipe(BaseModel):
+    """A whole run: data → embedder → backbone/target/objective → train → sample → eval."""
+
+    model_config = STRICT
+    name: str
+    description: str = ""
+    seed: int = 0
+    plugins: list[str] = Field(default_factory=list)
+    """One-file plugins (paths relative to the recipe file) loaded before validation."""
+    data: ComponentRef
+    embedder: ComponentRef
+    backbone: ComponentRef
+    target: ComponentRef = Field(default_factory=lambda: ref("x", loss_space="v"))
+    time: ComponentRef = Field(default_factory=lambda: ref("logit-normal", mean=-1.5, std=0.8))
+    objective: ComponentRef = Field(default_factory=lambda: ref("elf"))
+    path: PathSection = PathSection()
+    train: TrainSection = TrainSection()
+    sample: SampleSection = SampleSection()
+    eval: EvalSection = EvalSection()
+    sweep: SweepSection | None = None
+
+
+# (path in the recipe, kind) for every component slot, used by resolve()
+COMPONENT_SLOTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("data",), "dataset"), (("embedder",), "embedder"), (("backbone",), "backbone"),
+    (("target",), "target"), (("time",), "time"), (("objective",), "objective"),
+    (("sample", "sampler"), "sampler"), (("sample", "grid"), "time"),
+    (("sample", "guidance"), "guidance"),
+)
