@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -241,19 +242,21 @@ def _iter_entry_points():
                 yield ep, dist.metadata["Name"]
 
 
-_DEFAULT: Registry | None = None
+_CACHE: dict[tuple[str, ...], Registry] = {}
+
+
+def env_plugin_files() -> list[str]:
+    """One-file plugins named in ``ELFKIT_PLUGINS`` (os.pathsep-separated; set by ``elfkit --plugin``)."""
+    return [p for p in os.environ.get("ELFKIT_PLUGINS", "").split(os.pathsep) if p]
 
 
 def default_registry(plugin_files: Sequence[str | Path] = ()) -> Registry:
-    """The process-wide registry (built once); one-file plugins force a fresh build."""
-    global _DEFAULT
-    if plugin_files:
-        return build_registry(plugin_files)
-    if _DEFAULT is None:
-        _DEFAULT = build_registry()
-    return _DEFAULT
+    """The process-wide registry, built once per distinct set of one-file plugins."""
+    files = tuple(dict.fromkeys(str(Path(p).resolve()) for p in [*env_plugin_files(), *plugin_files]))
+    if files not in _CACHE:
+        _CACHE[files] = build_registry(files)
+    return _CACHE[files]
 
 
 def reset_default_registry() -> None:
-    global _DEFAULT
-    _DEFAULT = None
+    _CACHE.clear()

@@ -12,6 +12,8 @@ Two clamps keep the conversions finite (reference: ELF ``t_eps=0.05``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -77,9 +79,6 @@ def v_to_eps(v_hat: Tensor, z: Tensor, t: Tensor) -> Tensor:
 
 
 # --- the path as a value ------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402
-
-
 @dataclass(frozen=True)
 class FlowPath:
     """The path's constants, shared by training (interpolant) and sampling (initial and

@@ -1,0 +1,1 @@
+"""The ``elfkit`` command line (typer + rich)."""

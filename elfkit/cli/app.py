@@ -1,0 +1,277 @@
+"""``elfkit``: run, train, sample, eval, report, sweep, export, recipe, plugins.
+
+Every command turns :class:`ElfkitError` into a short red message and exit code 2;
+Ctrl-C says how to resume. Tracebacks are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from elfkit.errors import ElfkitError
+
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
+                  help="elfkit: train, sample, evaluate and deploy continuous text generators (ELF by default).")
+recipe_app = typer.Typer(no_args_is_help=True, help="Validate and inspect recipes.")
+plugins_app = typer.Typer(no_args_is_help=True, help="List and create plugins.")
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(plugins_app, name="plugins")
+
+console = Console(stderr=True)
+out = Console()
+_GLOBAL_PLUGINS: list[str] = []
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SetOpt = Annotated[list[str] | None,
+                   typer.Option("--set", "-s", help="Override a recipe key: a.b=value (repeatable).")]
+PluginOpt = Annotated[list[str] | None, typer.Option("--plugin", "-p", help="Load a one-file plugin (repeatable).")]
+SeedsOpt = Annotated[str | None,
+                     typer.Option("--seeds", help="Comma-separated sampling seeds, e.g. 0,1,2 (mean ± s.e.).")]
+
+
+def friendly(fn: F) -> F:
+    """Print user errors without a traceback; say how to resume after Ctrl-C."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ElfkitError as exc:
+            console.print(Panel(str(exc), title=f"[bold red]{type(exc).__name__}", border_style="red",
+                                expand=False))
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]Interrupted. The last checkpoint is kept; rerun the same command to resume.")
+            raise typer.Exit(130) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def _plugins(extra: list[str] | None) -> list[str]:
+    return [*_GLOBAL_PLUGINS, *(extra or [])]
+
+
+def _seeds(seeds: str | None) -> list[str]:
+    if not seeds:
+        return []
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ElfkitError(f"--seeds expects comma-separated integers, got '{seeds}'") from None
+    return [f"sample.seeds=[{','.join(map(str, values))}]"]
+
+
+def _load(recipe: Path, sets: list[str] | None, plugins: list[str] | None, seeds: str | None = None):
+    from elfkit.recipe.load import load_recipe
+    return load_recipe(recipe, [*(sets or []), *_seeds(seeds)], extra_plugins=_plugins(plugins))
+
+
+def _run_dir(recipe_name: str, out_dir: Path | None) -> Path:
+    return out_dir if out_dir is not None else Path("runs") / recipe_name
+
+
+@app.callback()
+def _main(plugin: PluginOpt = None) -> None:
+    """Global options. ``--plugin`` files are also exported in ELFKIT_PLUGINS for sub-processes."""
+    _GLOBAL_PLUGINS[:] = [str(Path(p).resolve()) for p in plugin or []]
+    if _GLOBAL_PLUGINS:
+        os.environ["ELFKIT_PLUGINS"] = os.pathsep.join(_GLOBAL_PLUGINS)
+
+
+# ----------------------------------------------------------------------------------------
+# the run and its stages
+# ----------------------------------------------------------------------------------------
+@app.command()
+@friendly
+def run(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+        set_: SetOpt = None, out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
+        seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
+    """Prepare data → train → sample → evaluate → report. Rerun to resume."""
+    from elfkit.pipeline.stages import run_recipe
+    r = _load(recipe, set_, plugin, seeds)
+    run_dir = _run_dir(r.name, out_dir)
+    report = run_recipe(r, run_dir, console=console)
+    out.print(f"[green]done[/]: {report}")
+
+
+@app.command()
+@friendly
+def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")], set_: SetOpt = None,
+          out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
+          plugin: PluginOpt = None) -> None:
+    """Train only (resumes from the run directory's last checkpoint)."""
+    from elfkit.pipeline.stages import train_stage
+    r = _load(recipe, set_, plugin)
+    ckpt = train_stage(r, _run_dir(r.name, out_dir), console=console)
+    out.print(f"[green]checkpoint[/]: {ckpt}")
+
+
+@app.command()
+@friendly
+def sample(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (run_dir/checkpoints/last.pt).")],
+           set_: SetOpt = None,
+           out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write samples.jsonl.")] = None,
+           engine: Annotated[Path | None, typer.Option("--engine", help="Exported artifact dir.")] = None,
+           seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
+    """Sample from a checkpoint (or from an exported engine of it)."""
+    from elfkit.pipeline.stages import sample_from_checkpoint
+    path = sample_from_checkpoint(checkpoint, [*(set_ or []), *_seeds(seeds)], out_dir=out_dir, engine=engine,
+                                  plugin_files=_plugins(plugin), console=console)
+    out.print(f"[green]samples[/]: {path}")
+
+
+@app.command("eval")
+@friendly
+def eval_(samples: Annotated[Path, typer.Argument(help="samples.jsonl")],
+          recipe: Annotated[Path | None, typer.Option("--recipe", help="Recipe whose eval section to use "
+                                                      "(default: the samples' recipe.yaml).")] = None,
+          set_: SetOpt = None, plugin: PluginOpt = None) -> None:
+    """Evaluate a samples file with the recipe's evaluators; writes metrics.json beside it."""
+    from elfkit.pipeline.stages import evaluate_samples_file
+    path = evaluate_samples_file(samples, recipe, set_ or [], plugin_files=_plugins(plugin), console=console)
+    out.print(f"[green]metrics[/]: {path}")
+
+
+@app.command()
+@friendly
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="One run directory, or several to compare.")],
+           out_file: Annotated[Path | None, typer.Option("--out", help="Comparison report path.")] = None) -> None:
+    """Write report.md for a run, or compare several runs side by side."""
+    from elfkit.pipeline.report import compare_runs, write_report
+    if len(run_dirs) == 1:
+        path = write_report(run_dirs[0])
+    else:
+        path = compare_runs(run_dirs, out_file or Path("comparison.md"))
+    out.print(f"[green]report[/]: {path}")
+
+
+@app.command()
+@friendly
+def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (may carry a sweep: section).")],
+          grid: Annotated[list[str] | None, typer.Option("--grid", "-g",
+                          help="KEY=v1,v2,... (repeatable), e.g. target=x,eps,v or sampler.steps=8,16")] = None,
+          set_: SetOpt = None, out_dir: Annotated[Path | None, typer.Option("--out")] = None,
+          seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
+    """Train once per training setting, sample once per sampling setting; table + frontier plot."""
+    import yaml
+
+    from elfkit.pipeline.sweep import run_sweep
+    parsed: dict[str, list[Any]] = {}
+    for g in grid or []:
+        if "=" not in g:
+            raise ElfkitError(f"--grid expects KEY=v1,v2,..., got '{g}'")
+        k, vs = g.split("=", 1)
+        parsed[k.strip()] = [yaml.safe_load(v) for v in vs.split(",")]
+    r = _load(recipe, set_, plugin, seeds)
+    path = run_sweep(recipe, parsed, out_dir or Path("runs") / f"{r.name}-sweep",
+                     overrides=[*(set_ or []), *_seeds(seeds)])
+    out.print(f"[green]sweep[/]: {path}")
+
+
+@app.command()
+@friendly
+def export(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file.")],
+           format_: Annotated[str, typer.Option("--format", "-f",
+                                                help="tensorrt | torch-export | onnx")] = "torch-export",
+           precision: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+           batch: Annotated[str, typer.Option(help="Dynamic batch range MIN:OPT:MAX")] = "1:8:64",
+           seq: Annotated[str | None, typer.Option(help="Dynamic sequence range MIN:OPT:MAX "
+                                                   "(default: up to the model's max length)")] = None,
+           out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact directory.")] = None,
+           plugin: PluginOpt = None) -> None:
+    """Export the denoiser (denoise + decode modes) and check parity against eager fp32."""
+    from elfkit.pipeline.stages import export_checkpoint
+    manifest = export_checkpoint(checkpoint, format_, precision=precision, batch=batch, seq=seq, out_dir=out_dir,
+                                 plugin_files=_plugins(plugin), console=console)
+    out.print(f"[green]exported[/]: {manifest}")
+
+
+# ----------------------------------------------------------------------------------------
+# recipes
+# ----------------------------------------------------------------------------------------
+@recipe_app.command("validate")
+@friendly
+def recipe_validate(files: Annotated[list[Path], typer.Argument(help="Recipe YAML files.")],
+                    set_: SetOpt = None, plugin: PluginOpt = None) -> None:
+    """Check recipes against the schema and the registry."""
+    for f in files:
+        _load(f, set_, plugin)
+        out.print(f"[green]ok[/] {f}")
+
+
+@recipe_app.command("show")
+@friendly
+def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")], set_: SetOpt = None,
+                plugin: PluginOpt = None) -> None:
+    """Print the fully resolved recipe (every default filled in)."""
+    from elfkit.recipe.load import dump_yaml, resolved_dict
+    out.print(dump_yaml(resolved_dict(_load(file, set_, plugin))), markup=False, highlight=False)
+
+
+# ----------------------------------------------------------------------------------------
+# plugins
+# ----------------------------------------------------------------------------------------
+@plugins_app.command("list")
+@friendly
+def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+                 plugin: PluginOpt = None) -> None:
+    """Every registered component: kind, name, provider, config fields; and broken plugins."""
+    from elfkit.registry import build_registry
+    reg = build_registry(_plugins(plugin))
+    rows = [{"kind": s.kind, "name": s.name, "provider": s.provider,
+             "config": {k: _field_doc(f) for k, f in s.config.model_fields.items()},
+             "description": s.description} for s in reg]
+    problems = [{"plugin": p.plugin, "error": p.message} for p in reg.problems]
+    if as_json:
+        out.print_json(json.dumps({"components": rows, "problems": problems}))
+        return
+    table = Table(title="elfkit components")
+    for col in ("kind", "name", "provider", "config fields"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["provider"], ", ".join(r["config"]))
+    out.print(table)
+    for p in problems:
+        console.print(f"[red]plugin problem[/] {p['plugin']}: {p['error']}")
+
+
+def _field_doc(f: Any) -> dict[str, Any]:
+    default = f.default if f.default is not None else None
+    try:
+        json.dumps(default)
+    except TypeError:
+        default = repr(default)
+    return {"type": str(f.annotation).replace("typing.", ""), "default": default, "doc": f.description or ""}
+
+
+@plugins_app.command("new")
+@friendly
+def plugins_new(kind: Annotated[str, typer.Argument(help="Component kind (sampler).")],
+                name: Annotated[str, typer.Argument(help="Component name, e.g. my-heun.")],
+                dest: Annotated[Path, typer.Option("--dir", help="Where to write it.")] = Path("."),
+                package: Annotated[bool, typer.Option("--package", help="A pip-installable package, "
+                                                      "not a single file.")] = False) -> None:
+    """Scaffold a plugin with a passing conformance test."""
+    if kind != "sampler":
+        raise ElfkitError(f"scaffolding is available for: sampler (got '{kind}')")
+    from elfkit.scaffold import new_sampler_plugin
+    for p in new_sampler_plugin(name, dest, package=package):
+        out.print(f"[green]wrote[/] {p}")
+
+
+def main() -> None:
+    app(prog_name="elfkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

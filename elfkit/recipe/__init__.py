@@ -1,0 +1,1 @@
+"""Recipes: typed YAML documents naming registry components."""

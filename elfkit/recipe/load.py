@@ -1,0 +1,289 @@
+"""Load a recipe: YAML → overrides → schema → per-component configs, with helpful errors.
+
+Every error names the file, the YAML line, the dotted key, what is allowed, and a
+"did you mean" suggestion for misspelt keys or component names.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from elfkit.errors import RecipeError, RegistryError
+from elfkit.recipe.schema import COMPONENT_SLOTS, ComponentRef, Recipe
+from elfkit.registry import Registry, default_registry
+
+Loc = tuple[str | int, ...]
+
+# short aliases accepted in --set / sweep grids
+ALIASES = {
+    "target": "target.name",
+    "sampler": "sample.sampler.name",
+    "guidance": "sample.guidance.name",
+}
+PREFIX_ALIASES = {"sampler.": "sample.sampler.", "guidance.": "sample.guidance.", "grid.": "sample.grid."}
+
+
+def canonical_key(key: str) -> str:
+    """Expand the short forms used on the command line (``sampler.steps`` → ``sample.sampler.steps``)."""
+    if key in ALIASES:
+        return ALIASES[key]
+    for short, full in PREFIX_ALIASES.items():
+        if key.startswith(short):
+            return full + key[len(short):]
+    return key
+
+
+# ----------------------------------------------------------------------------------------
+# YAML with line numbers
+# ----------------------------------------------------------------------------------------
+def _line_index(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = None) -> dict[Loc, int]:
+    """Map every dotted location to its 1-based line (keys point at the key's line)."""
+    out = {} if out is None else out
+    out.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key_loc = loc + (k.value,)
+            out[key_loc] = k.start_mark.line + 1
+            _line_index(v, key_loc, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_index(v, loc + (i,), out)
+    return out
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        raise RecipeError(f"{path}: the recipe is empty")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}:1: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data, (_line_index(node) if node is not None else {})
+
+
+# ----------------------------------------------------------------------------------------
+# --set overrides
+# ----------------------------------------------------------------------------------------
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (value parsed as YAML, so ``16`` is an int)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set expects KEY=VALUE, got '{item}' (e.g. --set train.steps=100)")
+        key, raw = item.split("=", 1)
+        key = canonical_key(key.strip())
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(data, key, value)
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = cur.get(part) if isinstance(cur, dict) else None
+        if nxt is None:
+            nxt = {}
+            cur[part] = nxt
+        elif isinstance(nxt, str) and i + 1 < len(parts):
+            # component shorthand `sampler: euler` → {name: euler}
+            nxt = {"name": nxt}
+            cur[part] = nxt
+        elif not isinstance(nxt, dict):
+            raise RecipeError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is a {type(nxt).__name__}, not a section")
+        cur = nxt
+    # changing a component's name drops the old component's parameters only if asked explicitly
+    cur[parts[-1]] = value
+
+
+# ----------------------------------------------------------------------------------------
+# Validation with readable errors
+# ----------------------------------------------------------------------------------------
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """Valid field names at a location of the schema (for suggestions)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(cur, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        ann = fields[part].annotation
+        cur = _model_in(ann)
+        if cur is None:
+            return []
+    return list(getattr(cur, "model_fields", {}) or {})
+
+
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        m = _model_in(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def _format_errors(exc: ValidationError, source: str, lines: dict[Loc, int], prefix: Loc,
+                   model: type[BaseModel]) -> str:
+    msgs = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        line = _nearest_line(lines, loc)
+        where = f"{source}:{line}" if line else source
+        msg = err["msg"]
+        hint = ""
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(model, tuple(err["loc"]))
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            msg = f"unknown key '{loc[-1]}'. Allowed here: {', '.join(valid)}."
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = f"{msg} (got {err.get('input')!r})"
+        msgs.append(f"{where}: {dotted}: {msg}{hint}")
+    return "\n".join(msgs)
+
+
+def _nearest_line(lines: dict[Loc, int], loc: Loc) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _get(obj: Any, path: tuple[str, ...]) -> Any:
+    for p in path:
+        obj = getattr(obj, p, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def resolve(recipe: Recipe, registry: Registry, source: str = "<recipe>",
+            lines: dict[Loc, int] | None = None) -> Recipe:
+    """Validate every component reference against its registered config model."""
+    lines = lines or {}
+    refs: list[tuple[Loc, str, ComponentRef]] = []
+    for path, kind in COMPONENT_SLOTS:
+        ref = _get(recipe, path)
+        if ref is not None:
+            refs.append((path, kind, ref))
+    for i, ref in enumerate(recipe.eval.evaluators):
+        refs.append((("eval", "evaluators", i), "evaluator", ref))
+    errors = []
+    for loc, kind, ref in refs:
+        where = f"{source}:{_nearest_line(lines, loc) or '?'}"
+        try:
+            spec = registry.get(kind, ref.name)
+        except RegistryError as exc:
+            errors.append(f"{where}: {'.'.join(map(str, loc))}.name: {exc}")
+            continue
+        try:
+            ref._config = spec.config(**ref.params)
+        except ValidationError as exc:
+            errors.append(_format_component_errors(exc, source, lines, loc, spec.config, kind, ref.name))
+    if errors:
+        raise RecipeError("\n".join(errors))
+    return recipe
+
+
+def _format_component_errors(exc: ValidationError, source: str, lines: dict[Loc, int], loc: Loc,
+                             config: type[BaseModel], kind: str, name: str) -> str:
+    msgs = []
+    for err in exc.errors(include_url=False):
+        full = loc + tuple(err["loc"])
+        line = _nearest_line(lines, full)
+        where = f"{source}:{line}" if line else source
+        dotted = ".".join(str(p) for p in full)
+        if err["type"] == "extra_forbidden":
+            valid = list(config.model_fields)
+            close = difflib.get_close_matches(str(full[-1]), valid, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            msgs.append(f"{where}: {dotted}: unknown key '{full[-1]}' for {kind} '{name}'. "
+                        f"Allowed: name, {', '.join(valid)}.{hint}")
+        else:
+            msgs.append(f"{where}: {dotted}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(msgs)
+
+
+def validate_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dict[Loc, int] | None = None,
+                    registry: Registry | None = None) -> Recipe:
+    """Schema → registry → component configs. Raises RecipeError with every problem found."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, source, lines or {}, (), Recipe)) from None
+    return resolve(recipe, registry or default_registry(), source, lines)
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, registry: Registry | None = None,
+                extra_plugins: Sequence[str | Path] = ()) -> Recipe:
+    """Read, override, validate. One-file plugins named in the recipe are loaded first."""
+    path = Path(path)
+    data, lines = read_yaml(path)
+    data = apply_overrides(data, overrides)
+    plugin_files = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
+                    for p in data.get("plugins", []) or []]
+    missing = [p for p in plugin_files if not Path(p).is_file()]
+    if missing:
+        raise RecipeError(f"{path}: plugins: file not found: {', '.join(missing)} (paths are relative to the recipe)")
+    if registry is None:
+        files = [*extra_plugins, *plugin_files]
+        registry = default_registry(files)
+    recipe_data = dict(data)
+    recipe_data["plugins"] = plugin_files
+    return validate_recipe(recipe_data, source=str(path), lines=lines, registry=registry)
+
+
+# ----------------------------------------------------------------------------------------
+# The resolved recipe (defaults filled in)
+# ----------------------------------------------------------------------------------------
+def resolved_dict(recipe: Recipe) -> dict[str, Any]:
+    """The fully resolved recipe: every section and component config with defaults."""
+    out = recipe.model_dump(mode="json")
+
+    def fill(container: dict[str, Any], key: str | int, ref: ComponentRef | None) -> None:
+        if ref is None or ref._config is None:
+            return
+        container[key] = {"name": ref.name, **ref._config.model_dump(mode="json")}
+
+    for path, _ in COMPONENT_SLOTS:
+        parent = out
+        for p in path[:-1]:
+            parent = parent[p]
+        fill(parent, path[-1], _get(recipe, path))
+    for i, ref in enumerate(recipe.eval.evaluators):
+        fill(out["eval"]["evaluators"], i, ref)
+    return out
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def recipe_from_dict(data: dict[str, Any], registry: Registry | None = None) -> Recipe:
+    """Rebuild a recipe from its resolved dict (checkpoints store this)."""
+    return validate_recipe(data, source="<checkpoint recipe>", registry=registry)
