@@ -7,8 +7,9 @@ dimension, H backbone width, V vocabulary.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -153,6 +154,8 @@ class Batch:
     loss_mask:      (B, S) float, (valid if pad-mode 'pad' else 1)·(1 − cond).
     pairwise_mask:  (B, S, S) bool or None; row i may attend column j (encoder only).
     label_drop:     (B,) bool, condition dropped for CFG training (drawn per example).
+    example_index:  (B,) long or None, row of each example in its dataset (lets a latent
+                    cache serve frozen-encoder latents; None when unknown).
     """
 
     input_ids: Tensor
@@ -161,12 +164,14 @@ class Batch:
     loss_mask: Tensor
     pairwise_mask: Tensor | None = None
     label_drop: Tensor | None = None
+    example_index: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         def mv(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.to(device, non_blocking=True)
         return Batch(*(mv(getattr(self, f)) for f in
-                       ("input_ids", "valid_mask", "cond_mask", "loss_mask", "pairwise_mask", "label_drop")))
+                       ("input_ids", "valid_mask", "cond_mask", "loss_mask", "pairwise_mask", "label_drop",
+                        "example_index")))
 
     @property
     def conditional(self) -> bool:
@@ -226,3 +231,25 @@ class MetricRecord:
     judge: str | None = None
     precision: str | None = None
     details: dict[str, Any] | None = None
+
+
+# ----------------------------------------------------------------------------------------
+# Training data as the trainer sees it (implemented in elfkit.data)
+# ----------------------------------------------------------------------------------------
+class TrainData(Protocol):
+    """Batches for one rank, deterministic in (epoch, seed), and the embedding step.
+
+    ``batches`` yields collated :class:`Batch` es of ``batch_size`` rows (the per-rank
+    micro-batch) from this rank's shard of a shuffled epoch (drop_last); the same
+    (epoch, seed, rank, world_size) always yields the same batches, so a resumed run skips
+    the ones already consumed. ``embed`` turns a batch into normalised clean latents
+    x0 (B, S, D) with the label-drop block mask applied *before* encoding (frozen
+    encoders run without gradients and may read a latent cache).
+    """
+
+    def steps_per_epoch(self, *, batch_size: int, world_size: int = 1) -> int: ...
+
+    def batches(self, epoch: int, *, batch_size: int, seed: int, rank: int = 0,
+                world_size: int = 1) -> Iterator[Batch]: ...
+
+    def embed(self, batch: Batch) -> Tensor: ...
