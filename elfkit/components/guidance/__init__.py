@@ -1,10 +1,19 @@
-"""Built-in guidance."""
+"""Built-in guidance: ``none``, ``self-cond`` (ELF's trained-in SC guidance, the default) and ``cfg``."""
 
 from __future__ import annotations
 
+from elfkit.components.guidance.base import Guidance, ModelEvaluation
+from elfkit.components.guidance.cfg import CfgConfig, CfgGuidance
+from elfkit.components.guidance.none import NoGuidance, NoGuidanceConfig
+from elfkit.components.guidance.self_cond import SelfCondConfig, SelfCondGuidance
 from elfkit.hookspecs import hookimpl
+
+__all__ = ["CfgConfig", "CfgGuidance", "Guidance", "ModelEvaluation", "NoGuidance", "NoGuidanceConfig",
+           "SelfCondConfig", "SelfCondGuidance"]
 
 
 @hookimpl
 def elfkit_register_components(registry) -> None:
-    """Registered in this package's modules (filled in as they land)."""
+    registry.add("guidance", "none", NoGuidance, NoGuidanceConfig)
+    registry.add("guidance", "self-cond", SelfCondGuidance, SelfCondConfig)
+    registry.add("guidance", "cfg", CfgGuidance, CfgConfig)

@@ -1,10 +1,16 @@
-"""Built-in samplers."""
+"""Built-in samplers: ``euler`` (ODE) and ``sde`` (ELF's churn sampler, the default)."""
 
 from __future__ import annotations
 
+from elfkit.components.samplers.base import SamplerConfig
+from elfkit.components.samplers.euler import EulerConfig, EulerSampler
+from elfkit.components.samplers.sde import SdeConfig, SdeSampler
 from elfkit.hookspecs import hookimpl
+
+__all__ = ["EulerConfig", "EulerSampler", "SamplerConfig", "SdeConfig", "SdeSampler"]
 
 
 @hookimpl
 def elfkit_register_components(registry) -> None:
-    """Registered in this package's modules (filled in as they land)."""
+    registry.add("sampler", "euler", EulerSampler, EulerConfig)
+    registry.add("sampler", "sde", SdeSampler, SdeConfig)

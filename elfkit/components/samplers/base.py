@@ -1,0 +1,58 @@
+"""What every sampler shares: the ``steps`` config field and the small tensor chores.
+
+Samplers are stateless (see :class:`elfkit.types.Sampler`): everything a run needs — the
+denoiser, the start latent, the time grid, the noise scale and the generator — arrives as
+arguments, so these helpers are pure functions. Plugins may import them.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from elfkit.config import ComponentConfig
+from elfkit.errors import ElfkitError
+
+
+class SamplerConfig(ComponentConfig):
+    """Base config for samplers: the number of grid intervals."""
+
+    steps: int = Field(32, gt=0)
+    """Grid intervals (ELF: 32 for ELF-B on OWT, 64 for ELF-M/L and the conditional tasks)."""
+
+
+def as_grid(grid: Tensor, z: Tensor) -> Tensor:
+    """Check a time grid and return it on ``z``'s device and dtype.
+
+    Time components draw grids in float32 on the generator's device; the sampler must
+    keep the caller's precision and device, so the grid follows ``z``.
+
+    Args:
+        grid: (K+1,) times, increasing from 0 (noise) to 1 (data); K = number of intervals.
+        z: (B, S, D) the latent the grid will be applied to.
+    """
+    if grid.dim() != 1 or grid.numel() < 2:
+        raise ElfkitError(f"a sampling grid must be a 1-D tensor with at least 2 times (0 … 1), "
+                          f"got shape {tuple(grid.shape)}")
+    if z.dim() != 3:
+        raise ElfkitError(f"samplers integrate latents of shape (B, S, D), got shape {tuple(z.shape)}")
+    return grid.to(device=z.device, dtype=z.dtype)
+
+
+def batch_time(t: Tensor, z: Tensor) -> Tensor:
+    """A scalar grid time as the (B,) tensor the denoiser expects."""
+    return t.reshape(1).expand(z.shape[0]).contiguous()
+
+
+def fresh_noise(z: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Unit Gaussian noise shaped like ``z`` (B, S, D), drawn only from ``generator``.
+
+    Drawn on the generator's device and moved to ``z``'s, so a CPU generator gives the same
+    numbers whatever device sampling runs on (pass a generator on z's device for speed).
+    Without a generator the global RNG of z's device is used.
+    """
+    if generator is None:
+        return torch.randn_like(z)
+    noise = torch.randn(z.shape, generator=generator, device=generator.device, dtype=z.dtype)
+    return noise.to(z.device)
