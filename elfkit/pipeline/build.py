@@ -1,0 +1,72 @@
+"""Build the components a recipe names (through the registry) into one bundle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from elfkit.components.targets import Target
+from elfkit.core.flow import FlowPath
+from elfkit.recipe.schema import Recipe
+from elfkit.registry import Registry
+from elfkit.types import Embedder
+
+
+@dataclass
+class Components:
+    """Everything training and sampling need, built from one resolved recipe.
+
+    The backbone is built with the embedder's latent dimension and vocabulary and the
+    dataset's sequence length filled in (``latent_dim``, ``vocab_size``, ``max_length``).
+    """
+
+    recipe: Recipe
+    registry: Registry
+    dataset: Any
+    embedder: Embedder
+    backbone: nn.Module
+    target: Target
+    time: Any
+    objective: Any
+    path: FlowPath
+
+
+def build_components(recipe: Recipe, registry: Registry, *, with_dataset: bool = True) -> Components:
+    """Build every component; the backbone gets the embedder's dimension and vocabulary.
+
+    Sequence length: the dataset config's ``max_length``.
+    """
+    embedder = registry.build("embedder", recipe.embedder.name, recipe.embedder.config)
+    dataset = registry.build("dataset", recipe.data.name, recipe.data.config) if with_dataset else None
+    backbone_cfg = recipe.backbone.config
+    fill: dict[str, Any] = {}
+    for key, value in (("latent_dim", embedder.dim), ("vocab_size", embedder.tokenizer.vocab_size),
+                       ("max_length", getattr(recipe.data.config, "max_length", None))):
+        if hasattr(backbone_cfg, key) and getattr(backbone_cfg, key) is None and value is not None:
+            fill[key] = value
+    if fill:
+        backbone_cfg = backbone_cfg.model_copy(update=fill)
+    backbone = registry.build("backbone", recipe.backbone.name, backbone_cfg)
+    return Components(
+        recipe=recipe,
+        registry=registry,
+        dataset=dataset,
+        embedder=embedder,
+        backbone=backbone,
+        target=registry.build("target", recipe.target.name, recipe.target.config),
+        time=registry.build("time", recipe.time.name, recipe.time.config),
+        objective=registry.build("objective", recipe.objective.name, recipe.objective.config),
+        path=FlowPath(recipe.path.noise_scale, recipe.path.t_eps, recipe.path.t_min),
+    )
+
+
+def sampling_time(recipe: Recipe, registry: Registry, components: Components | None = None) -> Any:
+    """The time component that draws the sampling grid (default: the training one, as ELF)."""
+    if recipe.sample.grid is None:
+        if components is not None:
+            return components.time
+        return registry.build("time", recipe.time.name, recipe.time.config)
+    return registry.build("time", recipe.sample.grid.name, recipe.sample.grid.config)
+

@@ -1,0 +1,279 @@
+"""Sweeps: the cartesian product of a grid of recipe settings, trained and sampled economically.
+
+Grid keys are dotted recipe keys, with the command-line short forms (``target`` for
+``target.name``, ``sampler.steps`` for ``sample.sampler.steps``, ``guidance.scale`` for
+``sample.guidance.scale``). Keys under ``sample.*`` and ``eval.*`` are *sampling* settings;
+all others are *training* settings. Each distinct training setting is trained once, in
+``OUT/<slug>-<hash>/``; each sampling setting is sampled and evaluated from that checkpoint in
+``OUT/<train>/sampling/<slug>-<hash>/``. The training hash covers the resolved training
+settings and the sampling hash the resolved sample section, so editing the base recipe gives
+new directories instead of silently reusing old results (eval-only changes re-evaluate in
+place). Every stage skips finished work and resumes half-finished work, so rerunning a sweep
+resumes it. The held-out reference texts (written into the training directory when the data
+is prepared) are copied into each sampling directory for its reference rows.
+
+Outputs: ``sweep.md`` (table + plot), ``sweep.csv`` (one row per setting: the grid keys,
+then ``<metric>`` and ``<metric>_stderr`` per metric) and ``frontier.png`` (Gen. PPL vs
+entropy, one curve per training setting, the real-text entropy as a reference line).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import itertools
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elfkit.errors import RecipeError
+from elfkit.eval.aggregate import MetricRow
+from elfkit.eval.plots import frontier_plot
+from elfkit.eval.table import GPT2_ENTROPY_JUDGE, FrontierPoint, fmt, frontier_point, md_table, pick
+from elfkit.pipeline.checkpoint import atomic_write_text
+from elfkit.pipeline.evaluate import evaluate_stage, read_metrics
+from elfkit.pipeline.report import write_report
+from elfkit.pipeline.rundir import fingerprint, training_fingerprint
+from elfkit.recipe.load import canonical_key, dump_yaml, load_recipe, resolved_dict
+from elfkit.recipe.schema import Recipe
+from elfkit.registry import Registry, default_registry
+
+log = logging.getLogger(__name__)
+
+SAMPLING_PREFIXES = ("sample.", "eval.")
+SAMPLING_DIR = "sampling"
+
+
+# ----------------------------------------------------------------------------------------
+# The grid
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GridKey:
+    label: str       # as the user wrote it (column name)
+    key: str         # canonical dotted recipe key
+    values: tuple[Any, ...]
+
+    @property
+    def sampling(self) -> bool:
+        return self.key.startswith(SAMPLING_PREFIXES) or self.key in ("sample", "eval")
+
+
+def parse_grid(grid: dict[str, Sequence[Any]]) -> list[GridKey]:
+    out: list[GridKey] = []
+    seen: dict[str, str] = {}
+    for label, values in grid.items():
+        key = canonical_key(str(label))
+        if key in seen:
+            raise RecipeError(f"sweep grid: '{label}' and '{seen[key]}' both set {key}; keep one")
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
+            raise RecipeError(f"sweep grid: '{label}' needs a non-empty list of values, got {values!r}")
+        seen[key] = str(label)
+        out.append(GridKey(str(label), key, tuple(values)))
+    return out
+
+
+def combos(keys: Sequence[GridKey]) -> list[dict[str, Any]]:
+    """Cartesian product as {label: value} dicts, in grid order (one empty dict for no keys)."""
+    labels = [k.label for k in keys]
+    return [dict(zip(labels, vals, strict=True)) for vals in itertools.product(*[k.values for k in keys])]
+
+
+def to_overrides(setting: dict[str, Any], keys: Sequence[GridKey]) -> list[str]:
+    by_label = {k.label: k.key for k in keys}
+    # JSON is valid YAML, so strings, numbers, lists and component dicts all round-trip through --set
+    return [f"{by_label[label]}={json.dumps(v)}" for label, v in setting.items()]
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, dict):
+        name = str(v.get("name", ""))
+        rest = "-".join(f"{k}{_short(x)}" for k, x in v.items() if k != "name")
+        return "-".join(p for p in (name, rest) if p)
+    if isinstance(v, list | tuple):
+        return "+".join(_short(x) for x in v)
+    return str(v)
+
+
+def slug(setting: dict[str, Any], fp: str) -> str:
+    """A readable, filesystem-safe directory name: ``target=v_embedder=minilm-3fa2c1d0``."""
+    text = "_".join(f"{label.split('.')[-1]}={_short(v)}" for label, v in setting.items()) or "base"
+    text = re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-")[:60]
+    return f"{text}-{fp[:8]}"
+
+
+def describe(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_short(v)}" for k, v in setting.items()) or "base"
+
+
+# ----------------------------------------------------------------------------------------
+# Stages (the lead's, looked up at call time so tests can swap in fakes)
+# ----------------------------------------------------------------------------------------
+def _stages() -> Any:
+    return importlib.import_module("elfkit.pipeline.stages")
+
+
+def _write_recipe(recipe: Recipe, run_dir: Path) -> None:
+    path = run_dir / "recipe.yaml"
+    text = dump_yaml(resolved_dict(recipe))
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+
+
+def _share_references(train_dir: Path, sample_dir: Path) -> None:
+    """The held-out texts are written where the data is prepared (the training directory);
+    each sampling directory gets a copy so its evaluation can score the reference rows."""
+    src, dst = train_dir / "references.jsonl", sample_dir / "references.jsonl"
+    if src.is_file() and (not dst.is_file() or dst.read_bytes() != src.read_bytes()):
+        atomic_write_text(dst, src.read_text(encoding="utf-8"))
+
+
+@dataclass
+class SettingResult:
+    train: dict[str, Any]
+    sample: dict[str, Any]
+    run_dir: Path
+    rows: list[MetricRow]
+
+
+# ----------------------------------------------------------------------------------------
+# The sweep
+# ----------------------------------------------------------------------------------------
+def run_sweep(recipe_path: Path, grid: dict[str, list], out_dir: Path, *, overrides: Sequence[str] = (),
+              seeds: Sequence[int] | None = None, registry: Registry | None = None) -> Path:
+    """Run (or resume) the sweep; returns the path of ``sweep.md``.
+
+    ``grid`` adds to (and overrides keys of) the recipe's ``sweep.grid``; ``overrides`` are
+    ``--set`` items applied to every setting; ``seeds`` sets ``sample.seeds``.
+    """
+    recipe_path, out_dir = Path(recipe_path), Path(out_dir)
+    base_overrides = [*overrides, *([f"sample.seeds={json.dumps(list(seeds))}"] if seeds else [])]
+    base = load_recipe(recipe_path, base_overrides, registry=registry)
+    merged = {**(base.sweep.grid if base.sweep else {}), **(grid or {})}
+    if not merged:
+        raise RecipeError(f"{recipe_path}: nothing to sweep; add a `sweep: {{grid: {{KEY: [v1, v2]}}}}` section "
+                          "or pass --grid KEY=v1,v2")
+    keys = parse_grid(merged)
+    train_keys = [k for k in keys if not k.sampling]
+    sample_keys = [k for k in keys if k.sampling]
+    registry = registry or default_registry(base.plugins)
+
+    # resolve every setting before training anything, so a bad value fails in seconds, not hours
+    plan: list[tuple[dict[str, Any], Recipe, Path, list[tuple[dict[str, Any], Recipe, Path]]]] = []
+    for tset in combos(train_keys):
+        t_over = base_overrides + to_overrides(tset, train_keys)
+        t_recipe = load_recipe(recipe_path, t_over, registry=registry)
+        t_dir = out_dir / slug(tset, training_fingerprint(resolved_dict(t_recipe)))
+        subs = []
+        for sset in combos(sample_keys):
+            s_recipe = load_recipe(recipe_path, t_over + to_overrides(sset, sample_keys), registry=registry)
+            # samples depend on the sample section only; eval settings are re-checked by evaluate_stage
+            s_fp = fingerprint({"sample": resolved_dict(s_recipe)["sample"], "setting": sset})
+            subs.append((sset, s_recipe, t_dir / SAMPLING_DIR / slug(sset, s_fp)))
+        plan.append((tset, t_recipe, t_dir, subs))
+    n = sum(len(p[3]) for p in plan)
+    log.info("sweep: %d training setting(s), %d sampled setting(s) in %s", len(plan), n, out_dir)
+
+    stages = _stages()
+    results: list[SettingResult] = []
+    for tset, t_recipe, t_dir, subs in plan:
+        log.info("training setting: %s", describe(tset))
+        t_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = stages.train_stage(t_recipe, t_dir)
+        write_report(t_dir)  # the training side: loss curve and settings
+        for sset, s_recipe, s_dir in subs:
+            log.info("sampling setting: %s / %s", describe(tset), describe(sset))
+            _write_recipe(s_recipe, s_dir)
+            _share_references(t_dir, s_dir)
+            samples = stages.sample_stage(ckpt, s_dir, s_recipe)
+            metrics = evaluate_stage(samples, s_dir, s_recipe, registry)
+            write_report(s_dir)
+            results.append(SettingResult(tset, sset, s_dir, read_metrics(metrics)))
+    return write_sweep_outputs(results, keys, out_dir)
+
+
+# ----------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------
+def _metric_columns(results: Sequence[SettingResult]) -> list[tuple[str, str, str | None]]:
+    """(column label, metric, judge) for every samples metric; judge-qualified when ambiguous."""
+    pairs: list[tuple[str, str | None]] = []
+    for r in results:
+        for m in r.rows:
+            if m.row == "samples" and (m.metric, m.judge) not in pairs:
+                pairs.append((m.metric, m.judge))
+    names = [m for m, _ in pairs]
+    return [(m if names.count(m) == 1 else f"{m}[{j}]", m, j) for m, j in pairs]
+
+
+def _cell(rows: Sequence[MetricRow], metric: str, judge: str | None) -> MetricRow | None:
+    return next((m for m in rows if m.row == "samples" and m.metric == metric and m.judge == judge), None)
+
+
+def write_sweep_outputs(results: Sequence[SettingResult], keys: Sequence[GridKey], out_dir: Path) -> Path:
+    """``sweep.csv``, ``frontier.png`` and ``sweep.md`` from the per-setting metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = _metric_columns(results)
+    labels = [k.label for k in keys]
+
+    # CSV: machine-readable, full precision, empty cell = no value
+    header = ["setting", *labels, *[c for label, _, _ in columns for c in (label, f"{label}_stderr")], "seeds"]
+    lines = []
+    for r in results:
+        setting = {**r.train, **r.sample}
+        row = [str(r.run_dir.relative_to(out_dir)), *[json.dumps(setting[lab]) if isinstance(setting[lab], dict | list)
+                                                     else setting[lab] for lab in labels]]
+        for _, metric, judge in columns:
+            m = _cell(r.rows, metric, judge)
+            row += [m.mean if m else "", m.stderr if m and m.stderr is not None else ""]
+        row.append(max((len(m.seeds) for m in r.rows if m.row == "samples"), default=0))
+        lines.append(row)
+    csv_path = out_dir / "sweep.csv"
+    with open(csv_path.with_suffix(".csv.tmp"), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(lines)
+    csv_path.with_suffix(".csv.tmp").replace(csv_path)
+
+    # frontier: one curve per training setting
+    curves: dict[str, list[FrontierPoint]] = {}
+    for r in results:
+        p = frontier_point(r.rows, label=describe(r.sample) if r.sample else "")
+        if p is not None:
+            curves.setdefault(describe(r.train), []).append(p)
+    real = next((p for r in results if (p := frontier_point(r.rows, "real text"))), None)
+    real_entropy = real.entropy if real else next(
+        (e.mean for r in results if (e := pick(r.rows, "entropy", "real text", GPT2_ENTROPY_JUDGE))), None)
+    plot = None
+    if curves:
+        judge = next((m.judge for r in results if (m := pick(r.rows, "gen_ppl"))), None)
+        plot = frontier_plot(curves, out_dir / "frontier.png", reference_entropy=real_entropy, judge=judge,
+                             title="Gen. PPL vs entropy per training setting")
+
+    # markdown
+    body = []
+    for r in results:
+        setting = {**r.train, **r.sample}
+        cells = [_short(setting[lab]) for lab in labels]
+        for _, metric, judge in columns:
+            m = _cell(r.rows, metric, judge)
+            cells.append(fmt(m.mean, m.stderr) if m else "—")
+        body.append([*cells, f"[report]({(r.run_dir / 'report.md').relative_to(out_dir)})"])
+    parts = ["# Sweep", "", f"{len(results)} settings; grid: " + "; ".join(
+        f"`{k.label}` ∈ {{{', '.join(_short(v) for v in k.values)}}}" + (" (sampling)" if k.sampling else " (training)")
+        for k in keys), "", md_table([*labels, *[c for c, _, _ in columns], "details"], body), ""]
+    refs = [m for r in results[:1] for m in r.rows if m.row != "samples"]
+    if refs:
+        parts += ["Reference rows (held-out real text and a token-shuffled copy, same evaluators):", "",
+                  md_table(["rows", "metric", "judge", "mean"], [[m.row, m.metric, m.judge or "—", fmt(m.mean)]
+                                                                for m in refs]), ""]
+    if plot is not None:
+        parts += ["![Gen. PPL vs entropy](frontier.png)", ""]
+    parts += ["Values are mean ± standard error over sampling seeds; `sweep.csv` has the full-precision numbers.", ""]
+    md = out_dir / "sweep.md"
+    atomic_write_text(md, "\n".join(parts))
+    return md
