@@ -1,0 +1,62 @@
+"""What a run shows and records: a rich progress bar on stderr and ``train_log.jsonl``.
+
+Both exist on rank 0 only; other ranks get a no-op monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class Monitor:
+    """Progress bar (step, loss, tokens/s, ETA) plus a JSON-lines metrics log."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, *, enabled: bool,
+                 console: Console | None = None) -> None:
+        self.enabled = enabled
+        self.log_path = Path(run_dir) / "train_log.jsonl"
+        self._progress: Progress | None = None
+        if not enabled:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        console = console or Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TimeRemainingColumn(), console=console, transient=False)
+        self._task = self._progress.add_task("train", total=total_steps, completed=start_step,
+                                             loss="—", tps="—")
+        self._progress.start()
+
+    def update(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
+        if self._progress is None:
+            return
+        self._progress.update(self._task, completed=step,
+                              loss="—" if loss is None else f"{loss:.4f}",
+                              tps="—" if tokens_per_s is None else f"{tokens_per_s:,.0f}")
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with self.log_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """All records of ``run_dir/train_log.jsonl`` (empty if none)."""
+    path = Path(run_dir) / "train_log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,96 @@
+"""torchrun on CPU (gloo): 2 ranks × 1 micro-batch must match 1 process × 2 accumulated
+micro-batches (same rows, same per-micro-batch noise), for DDP, DDP with a resume, and FSDP2.
+
+The file is also the worker script: ``torchrun ... test_distributed.py RUN_DIR STEPS PARALLEL``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+COMMON = dict(lr=2e-3, warmup_steps=2, checkpoint_every=100, n=64, cond_len=2, label_drop_every=3)
+
+
+def _worker(run_dir: str, steps: int, parallel: str) -> None:
+    from elfkit.train import fit
+    from tests.unit.train_fixtures import make_components
+    comps, data = make_components(steps=steps, batch_size=8, grad_accum=1, parallel=parallel, **COMMON)
+    fit(comps, data, Path(run_dir))
+
+
+def _torchrun(run_dir: Path, steps: int, parallel: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).resolve()), str(run_dir), str(steps), parallel]
+    # own session, so a hang kills torchrun *and* its workers (not just the launcher)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun timed out (a collective mismatch between ranks?)\n{err[-6000:]}")
+    assert proc.returncode == 0, out[-3000:] + err[-6000:]
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> dict:
+    """The reference: one process, micro-batch 4, 2 accumulation steps (global batch 8)."""
+    from elfkit.pipeline.checkpoint import load_checkpoint
+    from elfkit.train import fit
+    from tests.unit.train_fixtures import make_components
+    run_dir = tmp_path_factory.mktemp("single")
+    comps, data = make_components(steps=6, batch_size=4, grad_accum=2, **COMMON)
+    fit(comps, data, run_dir)
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+def _assert_same_weights(got: dict, want: dict) -> None:
+    assert got["step"] == want["step"]
+    for key in ("model", "ema"):
+        assert set(got[key]) == set(want[key])
+        for name, t in want[key].items():
+            torch.testing.assert_close(got[key][name], t, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_match_accumulated_single_process(tmp_path, single_process) -> None:
+    from elfkit.pipeline.checkpoint import load_checkpoint
+    _torchrun(tmp_path, 6, "ddp")
+    got = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert got["world_size"] == 2 and got["micro_batch"] == 4
+    _assert_same_weights(got, single_process)
+
+
+@pytest.mark.slow
+def test_ddp_resume_continues_from_checkpoint(tmp_path, single_process) -> None:
+    from elfkit.pipeline.checkpoint import load_checkpoint
+    from elfkit.train import read_log
+    _torchrun(tmp_path, 3, "ddp")
+    _torchrun(tmp_path, 6, "ddp")     # same run dir, longer schedule: resumes at step 3
+    events = [(r["event"], r["step"]) for r in read_log(tmp_path) if "event" in r]
+    assert events == [("start", 0), ("completed", 3), ("resume", 3), ("completed", 6)]
+    _assert_same_weights(load_checkpoint(tmp_path / "checkpoints" / "last.pt"), single_process)
+
+
+@pytest.mark.slow
+def test_fsdp2_two_ranks_match_accumulated_single_process(tmp_path, single_process) -> None:
+    from elfkit.pipeline.checkpoint import load_checkpoint
+    _torchrun(tmp_path, 6, "fsdp")
+    _assert_same_weights(load_checkpoint(tmp_path / "checkpoints" / "last.pt"), single_process)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    _worker(sys.argv[1], int(sys.argv[2]), sys.argv[3])
