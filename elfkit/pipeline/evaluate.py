@@ -119,10 +119,10 @@ def build_evaluators(refs: Sequence[ComponentRef | str | dict[str, Any]],
 
 
 def _run(evaluators: Sequence[tuple[str, Evaluator]], samples: list[SampleRecord],
-         references: list[str] | None = None) -> list[MetricRecord]:
+         references: list[str] | None = None, what: str | None = None) -> list[MetricRecord]:
     records = []
     for name, ev in evaluators:
-        log.info("evaluating %d samples (seed %s) with %s", len(samples), samples[0].seed, name)
+        log.info("evaluating %d %s with %s", len(samples), what or f"samples (seed {samples[0].seed})", name)
         records.extend(ev(samples, references=references))
     return records
 
@@ -145,7 +145,7 @@ def score_reference_rows(texts: Sequence[str], evaluators: Sequence[tuple[str, E
     shuffled = shuffle_tokens(texts, _shuffle_tokenizer(usable), seed=SHUFFLE_SEED)
     for row, batch in (("real text", list(texts)), ("shuffled text", shuffled)):
         samples = [SampleRecord(text=t, token_ids=[], seed=SHUFFLE_SEED, index=i) for i, t in enumerate(batch)]
-        records = _run(usable, samples)
+        records = _run(usable, samples, what=f"{row} texts")
         for r in records:
             r.seed = None  # one fixed text set, not a sampling seed
         rows.extend(aggregate_records(records, row))

@@ -101,11 +101,11 @@ def _judge_note(rows: Sequence[MetricRow]) -> str:
 
 
 def _metrics_section(run: RunDir, rows: list[MetricRow]) -> list[str]:
-    out = ["## Metrics", ""]
     if not rows:
-        out.append("_No metrics yet (`metrics.json` is missing): run `elfkit eval "
-                   f"{run.samples}`._")
-        return out
+        if not run.samples.is_file():
+            return []  # a training-only directory: nothing to evaluate yet
+        return ["## Metrics", "", f"_No metrics yet (`metrics.json` is missing): run `elfkit eval {run.samples}`._"]
+    out = ["## Metrics", ""]
     out += [metrics_table(rows), _judge_note(rows)]
     point = frontier_point(rows)
     refs = {name: p for name in ("real text", "shuffled text") if (p := frontier_point(rows, name)) is not None}
@@ -139,15 +139,20 @@ def _samples_section(run: RunDir) -> list[str]:
     return out
 
 
+LOSS_KEYS = ("l2", "ce")   # the ELF objective's two branch losses, logged next to "loss"
+NOT_SUMMARISED = ("step", "time", "epoch")
+
+
 def _training_section(run: RunDir) -> list[str]:
-    entries = read_train_log(run.root / TRAIN_LOG)
+    entries = [e for e in read_train_log(run.root / TRAIN_LOG) if "event" not in e or "loss" in e]
     if not entries:
         return []
-    steps = [_numeric(e, "step") for e in entries]
-    xs = [s if s is not None else float(i) for i, s in enumerate(steps)]
-    keys = [k for k in entries[-1] if k != "step" and _numeric(entries[-1], k) is not None]
-    summary = [["log lines", str(len(entries))], ["last step", f"{xs[-1]:g}" if steps[-1] is not None else "—"]]
-    loss_keys = [k for k in keys if "loss" in k]
+    keys: list[str] = []
+    for e in entries:
+        keys += [k for k in e if k not in keys and k not in NOT_SUMMARISED and _numeric(e, k) is not None]
+    last_step = next((s for e in reversed(entries) if (s := _numeric(e, "step")) is not None), None)
+    summary = [["log lines", str(len(entries))], ["last step", f"{last_step:g}" if last_step is not None else "—"]]
+    loss_keys = [k for k in keys if "loss" in k or k in LOSS_KEYS]
     for k in keys:
         vals = [v for e in entries if (v := _numeric(e, k)) is not None]
         if k in loss_keys:
@@ -155,6 +160,7 @@ def _training_section(run: RunDir) -> list[str]:
         else:
             summary.append([k, f"last {vals[-1]:.4g}"])
     out = ["## Training", "", md_table(["", "value"], summary)]
+    xs = [s if (s := _numeric(e, "step")) is not None else float(i) for i, e in enumerate(entries)]
     series = {}
     for k in loss_keys:
         pairs = [(x, v) for x, e in zip(xs, entries, strict=True) if (v := _numeric(e, k)) is not None]

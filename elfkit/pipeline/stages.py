@@ -101,9 +101,14 @@ def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -
     cache = Path(getattr(recipe.data.config, "cache_dir", None) or default_cache_dir())
     data = make_train_data(splits, components.embedder, cache_dir=cache)
     result = fit(components, data, run.root, console=console)
-    if result.stopped not in ("completed", "already-done"):
-        raise KeyboardInterrupt if result.stopped == "interrupted" else ElfkitError(
-            f"training stopped early ({result.stopped}) at step {result.steps}; rerun the same command to continue")
+    if result.stopped == "interrupted":
+        raise KeyboardInterrupt
+    if result.stopped == "time-limit":   # a budgeted run: the budget is part of the recipe
+        console.print(f"[yellow]train: time budget of {recipe.train.max_minutes} min reached at step "
+                      f"{result.steps}/{recipe.train.steps}; continuing with this checkpoint")
+    elif result.stopped not in ("completed", "already-done"):
+        raise ElfkitError(f"training stopped early ({result.stopped}) at step {result.steps}; "
+                          "rerun the same command to continue")
     if result.checkpoint is None:
         raise CheckpointError(f"training finished but wrote no checkpoint in {run.checkpoints}")
     run.mark_done("train", fp, checkpoint=str(result.checkpoint), steps=result.steps,

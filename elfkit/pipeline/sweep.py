@@ -252,6 +252,7 @@ def write_sweep_outputs(results: Sequence[SettingResult], keys: Sequence[GridKey
     if curves:
         judge = next((m.judge for r in results if (m := pick(r.rows, "gen_ppl"))), None)
         plot = frontier_plot(curves, out_dir / "frontier.png", reference_entropy=real_entropy, judge=judge,
+                             reference_points={"real text": real} if real else {},
                              title="Gen. PPL vs entropy per training setting")
 
     # markdown

@@ -81,7 +81,11 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
 # --set overrides
 # ----------------------------------------------------------------------------------------
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (value parsed as YAML, so ``16`` is an int)."""
+    """Apply ``a.b=value`` overrides in order (value parsed as YAML, so ``16`` is an int).
+
+    Setting a component's ``name`` to a different component resets that component's other keys
+    to the new one's defaults; later overrides can then set them (``sampler=heun sampler.steps=8``).
+    """
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -111,7 +115,10 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         elif not isinstance(nxt, dict):
             raise RecipeError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is a {type(nxt).__name__}, not a section")
         cur = nxt
-    # changing a component's name drops the old component's parameters only if asked explicitly
+    # Switching a component (`--set sample.sampler.name=euler`) starts from the new component's
+    # defaults: the old one's keys (e.g. `gamma`) would not be valid for it.
+    if parts[-1] == "name" and isinstance(cur, dict) and cur.get("name") not in (None, value):
+        cur.clear()
     cur[parts[-1]] = value
 
 

@@ -97,7 +97,8 @@ class TrainSection(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, gt=0)
     max_minutes: float | None = Field(None, gt=0)
-    """Stop early (with a checkpoint) after this much wall time."""
+    """Wall-time budget: when reached, training ends with a checkpoint and the run moves on to
+    sampling (the step reached is recorded in stages.json and the report)."""
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
     """Under torchrun: DDP ('auto' for B-size models) or FSDP2 fully_shard."""
 

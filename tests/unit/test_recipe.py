@@ -111,3 +111,11 @@ def test_missing_required_section(tmp_path, registry):
     text = "\n".join(line for line in GOOD.splitlines() if not line.startswith("backbone"))
     with pytest.raises(RecipeError, match="backbone: required key is missing"):
         load_recipe(write(tmp_path, text), registry=registry)
+
+
+def test_switching_component_name_starts_from_its_defaults():
+    d = apply_overrides({"sample": {"sampler": {"name": "sde", "steps": 32, "gamma": 1.5}}},
+                        ["sampler=euler", "sampler.steps=8"])
+    assert d["sample"]["sampler"] == {"name": "euler", "steps": 8}
+    same = apply_overrides({"sample": {"sampler": {"name": "sde", "gamma": 1.5}}}, ["sampler=sde"])
+    assert same["sample"]["sampler"] == {"name": "sde", "gamma": 1.5}

@@ -1,10 +1,22 @@
-"""Built-in evaluators."""
+"""Built-in evaluators: ``gen-ppl``, ``entropy``, ``bleu``, ``rouge`` (see docs/evaluation.md)."""
 
 from __future__ import annotations
 
+from elfkit.components.evaluators.base import Evaluator
+from elfkit.components.evaluators.bleu import BLEUConfig, BLEUEvaluator
+from elfkit.components.evaluators.entropy import EntropyConfig, EntropyEvaluator
+from elfkit.components.evaluators.gen_ppl import GenPPLConfig, GenPPLEvaluator
+from elfkit.components.evaluators.rouge import ROUGEConfig, ROUGEEvaluator
 from elfkit.hookspecs import hookimpl
+
+__all__ = ["Evaluator", "GenPPLEvaluator", "EntropyEvaluator", "BLEUEvaluator", "ROUGEEvaluator"]
 
 
 @hookimpl
 def elfkit_register_components(registry) -> None:
-    """Registered in this package's modules (filled in as they land)."""
+    registry.add("evaluator", "gen-ppl", GenPPLEvaluator, GenPPLConfig,
+                 "Gen. PPL under a judge LM (default: offline SmolLM2) + entropy of its token ids")
+    registry.add("evaluator", "entropy", EntropyEvaluator, EntropyConfig,
+                 "Mean per-sample unigram entropy over GPT-2 BPE ids (no model)")
+    registry.add("evaluator", "bleu", BLEUEvaluator, BLEUConfig, "sacreBLEU corpus BLEU, lowercased")
+    registry.add("evaluator", "rouge", ROUGEEvaluator, ROUGEConfig, "ROUGE-1/2/L F1 with stemming")

