@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import track
 from torch import Tensor
 
 from elfkit.errors import DataError
@@ -131,7 +133,9 @@ class LatentCache:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
                                         shape=(len(examples), max_length, embedder.dim))
         log.info("building latent cache (%d examples) at %s", len(examples), path)
-        for start in range(0, len(examples), batch_size):
+        starts = range(0, len(examples), batch_size)
+        for start in track(starts, description="encoding latents (once)", console=Console(stderr=True),
+                           transient=True):
             idx = list(range(start, min(start + batch_size, len(examples))))
             batch = collate([examples[i] for i in idx], idx).to(device)
             out[start: start + len(idx)] = embed_batch(embedder, batch).cpu().numpy().astype(np.float16)

@@ -162,8 +162,8 @@ def _sampling_fingerprint(recipe: Recipe, checkpoint: Path, step: int, engine: P
 
 def _runner(trained: Trained, engine: Path | None, device: torch.device):
     if engine is not None:
-        from elfkit.export.runner import load_runner
-        return load_runner(engine, device=device)
+        from elfkit.export import load_runner
+        return load_runner(engine, device=device, registry=trained.components.registry)
     from elfkit.components.backbones import EagerRunner
     return EagerRunner(trained.components.backbone.to(device))
 
@@ -326,7 +326,16 @@ def evaluate_samples_file(samples: Path, recipe_path: Path | None, overrides: Se
 
 def export_checkpoint(checkpoint: Path, fmt: str, *, precision: str, batch: str, seq: str | None,
                       out_dir: Path | None, plugin_files: Sequence[str] = (), console: Console | None = None) -> Path:
-    from elfkit.export.api import export_trained
+    """Export the checkpoint's (EMA) denoiser; returns the manifest after the parity check passed."""
+    from elfkit.export import export_backbone, parse_range, spec_from_recipe
+
     trained = load_trained(checkpoint, plugin_files=plugin_files)
-    out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent.parent / f"export-{fmt}"
-    return export_trained(trained, fmt, out, precision=precision, batch=batch, seq=seq, console=_console(console))
+    overrides: dict[str, Any] = {"precision": precision, "batch": parse_range(batch, "--batch")}
+    if seq:
+        overrides["seq"] = parse_range(seq, "--seq")
+    spec = spec_from_recipe(trained.recipe, **overrides)
+    out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent.parent / f"export-{fmt}-{precision}"
+    with _console(console).status(f"exporting to {fmt} ({precision}) and checking parity"):
+        return export_backbone(trained.components.backbone, fmt, out, spec, trained.components.registry,
+                               metadata={"checkpoint": str(Path(checkpoint).resolve()),
+                                         "step": trained.step, "recipe": resolved_dict(trained.recipe)})
