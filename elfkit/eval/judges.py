@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from elfkit.errors import ElfkitError, HubUnreachableError, MissingDependencyError
+from elfkit.hf import quiet_transformers
 from elfkit.types import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class HFJudge:
         local = Path(source).expanduser()
 
         def load_from(src: str, **extra: Any) -> tuple[Any, Any]:
+            quiet_transformers()
             tok = tf.AutoTokenizer.from_pretrained(src, **kw, **extra)
             model = tf.AutoModelForCausalLM.from_pretrained(src, **kw, **extra, **{dtype_kw: PRECISIONS[precision]})
             return tok, model

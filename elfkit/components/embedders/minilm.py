@@ -27,6 +27,7 @@ from elfkit.components.embedders.base import EncoderConfig, FrozenEncoder, addit
 from elfkit.data.collate import pairwise_mask, sequence_masks
 from elfkit.data.tokenizers import minilm_dir, minilm_tokenizer
 from elfkit.errors import DataError, ElfkitError, MissingDependencyError
+from elfkit.hf import quiet_transformers
 
 MINILM_LATENT_STD = 0.25
 
@@ -77,6 +78,7 @@ class MiniLMEmbedder(FrozenEncoder):
         d = Path(cfg.path) if cfg.path else minilm_dir()
         if not (d / "config.json").is_file():
             raise DataError(f"no MiniLM model in {d} (expected config.json, model.safetensors, tokenizer.json)")
+        quiet_transformers()
         model = AutoModel.from_pretrained(str(d), dtype=torch.float32)
         return cls(cfg, model, minilm_tokenizer(d))
 

@@ -22,6 +22,7 @@ from elfkit.components.embedders.base import EncoderConfig, FrozenEncoder, addit
 from elfkit.data.collate import pairwise_mask, sequence_masks
 from elfkit.data.tokenizers import TransformersTokenizer, load_tokenizer
 from elfkit.errors import DataError, HubUnreachableError, MissingDependencyError
+from elfkit.hf import quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class T5Embedder(FrozenEncoder):
         except ImportError as exc:
             raise MissingDependencyError("the t5 embedder needs transformers: pip install 'elfkit[models]'") from exc
         try:
+            quiet_transformers()
             encoder = T5EncoderModel.from_pretrained(cfg.model, dtype=torch.float32)
         except (OSError, ValueError) as exc:
             if Path(cfg.model).exists():
