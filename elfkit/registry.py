@@ -129,11 +129,9 @@ class ComponentRegistrar:
 # ----------------------------------------------------------------------------------------
 # Building the plugin manager
 # ----------------------------------------------------------------------------------------
-def _plugin_label(pm: pluggy.PluginManager, plugin: object) -> str:
-    for p, dist in pm.list_plugin_distinfo():
-        if p is plugin:
-            return f"{dist.project_name} ({pm.get_name(plugin)})"
-    return pm.get_name(plugin) or repr(plugin)
+def _plugin_label(pm: pluggy.PluginManager, plugin: object, labels: dict[int, str]) -> str:
+    """Who provides a plugin: 'distribution (entry point)', 'file:PATH' or the module name."""
+    return labels.get(id(plugin)) or pm.get_name(plugin) or repr(plugin)
 
 
 def load_file_plugin(path: str | Path) -> ModuleType:
@@ -167,6 +165,7 @@ def build_registry(plugin_files: Sequence[str | Path] = (), *, entry_points: boo
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     registry = Registry(plugin_manager=pm)
+    labels: dict[int, str] = {}
 
     def problem(plugin: str, message: str) -> None:
         if strict:
@@ -184,7 +183,8 @@ def build_registry(plugin_files: Sequence[str | Path] = (), *, entry_points: boo
             except Exception as exc:
                 problem(f"{dist} ({ep.name})", f"failed to import: {type(exc).__name__}: {exc}")
                 continue
-            _register_checked(pm, plugin, ep.name, problem, label=f"{dist} ({ep.name})")
+            labels[id(plugin)] = f"{dist} ({ep.name})"
+            _register_checked(pm, plugin, ep.name, problem, label=labels[id(plugin)])
     for obj in extra_plugins:
         _register_checked(pm, obj, None, problem, label=getattr(obj, "__name__", repr(obj)))
     for f in plugin_files:
@@ -194,7 +194,7 @@ def build_registry(plugin_files: Sequence[str | Path] = (), *, entry_points: boo
         _register_checked(pm, module, f"file:{f}", raise_problem, label=str(f))
 
     for impl in pm.hook.elfkit_register_components.get_hookimpls():
-        label = _plugin_label(pm, impl.plugin)
+        label = _plugin_label(pm, impl.plugin, labels)
         try:
             impl.function(registry=ComponentRegistrar(registry, label))
         except RegistryError as exc:
