@@ -8,7 +8,7 @@ each text's tokens shuffled (``elfkit.eval.references``).
 
 ``metrics.json`` is a JSON list of rows::
 
-    {"row": "samples" | "real text" | "shuffled text", "metric": "gen_ppl", "mean": 41.2,
+    {"row": "samples" | "real text" | "shuffled text" | "copy source", "metric": "gen_ppl", "mean": 41.2,
      "stderr": 1.3 | null, "n": 192, "seeds": [0, 1, 2], "values": [40.1, 43.8, 39.7],
      "judge": "SmolLM2-135M-Instruct-Q4_1", "precision": "fp32"}
 
@@ -168,9 +168,26 @@ def evaluate_samples(samples: Sequence[SampleRecord], evaluators: Sequence[tuple
         group = sorted(by_seed[seed], key=lambda s: s.index)
         records.extend(_run(evaluators, group, list(references) if references is not None else None))
     rows = aggregate_records(records, "samples")
+    rows.extend(score_copy_source_row(by_seed[min(by_seed)] if by_seed else [], evaluators))
     if reference_texts:
         rows.extend(score_reference_rows(reference_texts, evaluators))
     return rows
+
+
+def score_copy_source_row(samples: Sequence[SampleRecord],
+                          evaluators: Sequence[tuple[str, Evaluator]]) -> list[MetricRow]:
+    """Conditional tasks: the 'copy source' baseline row (each source passed through unchanged as
+    its own output), scored by the evaluators that compare with references (BLEU, ROUGE)."""
+    usable = [(n, e) for n, e in evaluators if getattr(e, "needs_references", False)]
+    pairs = [s for s in samples if s.source is not None and s.reference is not None]
+    if not usable or not pairs:
+        return []
+    copies = [SampleRecord(text=s.source, token_ids=[], seed=s.seed, index=s.index, source=s.source,
+                           reference=s.reference) for s in sorted(pairs, key=lambda s: s.index)]
+    records = _run(usable, copies, what="copied sources")
+    for r in records:
+        r.seed = None
+    return aggregate_records(records, "copy source")
 
 
 # ----------------------------------------------------------------------------------------

@@ -169,3 +169,18 @@ def test_every_builtin_evaluator_matches_the_contract():
         assert issubclass(spec.config, ComponentConfig)
         ev = spec.build()                      # building loads nothing (judges load on first call)
         assert isinstance(ev, Evaluator) and isinstance(ev.needs_references, bool)
+
+
+def test_copy_source_row_scores_sources_against_references():
+    from elfkit.pipeline.evaluate import evaluate_samples
+    from elfkit.types import SampleRecord
+
+    samples = [SampleRecord(text="a b c d", token_ids=[], seed=0, index=0, source="a b c e", reference="a b c d"),
+               SampleRecord(text="x y z w", token_ids=[], seed=0, index=1, source="x y z w", reference="x y z w")]
+    rows = evaluate_samples(samples, [("bleu", BLEUEvaluator(BLEUConfig()))])
+    by_row = {r.row: r for r in rows}
+    assert by_row["samples"].mean == pytest.approx(100.0)
+    import sacrebleu
+    expected = sacrebleu.corpus_bleu(["a b c e", "x y z w"], [["a b c d", "x y z w"]], lowercase=True,
+                                     use_effective_order=True).score
+    assert by_row["copy source"].mean == pytest.approx(expected)
