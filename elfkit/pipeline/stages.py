@@ -10,6 +10,7 @@ re-evaluates without retraining).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -288,6 +289,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) ->
     run = RunDir(Path(run_dir))
     console.rule(f"[bold]{recipe.name}[/] → {run.root}")
     ckpt = train_stage(recipe, run.root, console)
+    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun: rank 0 samples, evaluates, reports
+        return run.report
     sample_stage(ckpt, run.root, recipe, console)
     if recipe.eval.evaluators:
         with console.status("evaluating"):
