@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_model_args  # noqa: E402
 
 from elfkit.components.backbones import EagerRunner  # noqa: E402
 from elfkit.core.flow import FlowPath  # noqa: E402
@@ -29,14 +32,7 @@ from elfkit.registry import build_registry  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=["ELF-B", "ELF-M", "ELF-L"], default=None)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--heads", type=int, default=None, help="default: width/64")
-    p.add_argument("--latent-dim", type=int, default=384)
-    p.add_argument("--vocab", type=int, default=30522)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=128)
+    add_model_args(p)
     p.add_argument("--steps", type=int, default=32, help="sampler grid intervals")
     p.add_argument("--gamma", type=float, default=1.5)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
