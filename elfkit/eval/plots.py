@@ -54,11 +54,7 @@ def frontier_plot(curves: Mapping[str, Sequence[FrontierPoint]], path: Path, *,
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, *, xlabel: str,
@@ -77,6 +73,11 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pat
     ax.grid(True, alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out and write a figure, creating its folder."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

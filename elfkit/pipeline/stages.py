@@ -40,6 +40,11 @@ def _registry(recipe: Recipe) -> Registry:
     return default_registry(recipe.plugins)
 
 
+def data_cache_dir(recipe: Recipe) -> Path:
+    """The dataset's ``cache_dir``, else the shared elfkit cache."""
+    return Path(getattr(recipe.data.config, "cache_dir", None) or default_cache_dir())
+
+
 def write_recipe(run: RunDir, recipe: Recipe) -> dict[str, Any]:
     resolved = resolved_dict(recipe)
     run.root.mkdir(parents=True, exist_ok=True)
@@ -54,7 +59,7 @@ def prepare_data(components: Components, run: RunDir, console: Console | None = 
     """Load and tokenise the dataset (cached), write held-out reference texts, return splits."""
     console = _console(console)
     cfg = components.recipe.data.config
-    cache = Path(getattr(cfg, "cache_dir", None) or default_cache_dir())
+    cache = data_cache_dir(components.recipe)
     t0 = time.perf_counter()
     with console.status(f"preparing data '{components.recipe.data.name}'"):
         splits = components.dataset.load(components.embedder.tokenizer, cache)
@@ -99,8 +104,7 @@ def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -
     run.mark_done("train-started", fp)
     components = build_components(recipe, _registry(recipe))
     splits = prepare_data(components, run, console)
-    cache = Path(getattr(recipe.data.config, "cache_dir", None) or default_cache_dir())
-    data = make_train_data(splits, components.embedder, cache_dir=cache)
+    data = make_train_data(splits, components.embedder, cache_dir=data_cache_dir(recipe))
     result = fit(components, data, run.root, console=console)
     if result.stopped == "interrupted":
         raise KeyboardInterrupt
@@ -169,11 +173,10 @@ def _runner(trained: Trained, engine: Path | None, device: torch.device):
     return EagerRunner(trained.components.backbone.to(device))
 
 
-def _conditions(trained: Trained, console: Console):
+def _conditions(trained: Trained):
     """Held-out conditional examples in order (first ``num_samples``), with clean condition latents."""
     c = trained.components
-    splits = c.dataset.load(c.embedder.tokenizer, Path(getattr(trained.recipe.data.config, "cache_dir", None)
-                                                       or default_cache_dir()))
+    splits = c.dataset.load(c.embedder.tokenizer, data_cache_dir(trained.recipe))
     if not splits.conditional:
         return None, None
     if not splits.eval_pairs:
@@ -201,7 +204,7 @@ def generate_records(trained: Trained, *, engine: Path | None = None, console: C
     if getattr(recipe.data.config, "max_input_length", None) is not None:   # conditional task
         if c.dataset is None:
             c.dataset = registry.build("dataset", recipe.data.name, recipe.data.config)
-        pairs, collator = _conditions(trained, console)
+        pairs, collator = _conditions(trained)
     total = s.num_samples if pairs is None else len(pairs)
     records: list[SampleRecord] = []
     columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("seed {task.fields[seed]}"),
