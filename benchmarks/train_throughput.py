@@ -44,7 +44,8 @@ PEAK_TFLOPS = {"H100": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0},
 
 
 def build_backbone(args: argparse.Namespace) -> torch.nn.Module:
-    cfg = {"latent_dim": args.latent_dim, "vocab_size": args.vocab, "max_length": args.seq}
+    cfg = {"latent_dim": args.latent_dim, "vocab_size": args.vocab, "max_length": args.seq,
+           "decoder_hidden": args.decoder_hidden}
     if args.preset:
         cfg["preset"] = args.preset
     else:

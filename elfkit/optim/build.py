@@ -50,13 +50,18 @@ def partition_parameters(model: nn.Module,
     """Split trainable parameters by rank: every 2-D tensor → Muon, the rest → Adam.
 
     Frozen parameters (``requires_grad=False``, e.g. a frozen embedder) are never included,
-    so they hold no optimiser state. ``extra`` adds parameters of other trainable modules.
+    so they hold no optimiser state. ``extra`` adds parameters of other trainable modules;
+    each parameter is taken once, by identity, under its first name (a ``learned-table``
+    tied to the unembedding is both ``embedder.weight`` and the backbone's ``unembed_table``:
+    it is stepped once, with the backbone's name and layout).
     """
     in_out = _in_out_names(model)
     muon, muon_io, adam = [], [], []
+    seen: set[int] = set()
     for name, p in [*model.named_parameters(), *extra]:
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in seen:
             continue
+        seen.add(id(p))
         if p.dim() == 2:
             (muon_io if name.rsplit(".", 1)[-1] in in_out else muon).append((name, p))
         else:

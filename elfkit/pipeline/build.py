@@ -9,6 +9,7 @@ from torch import nn
 
 from elfkit.components.targets import Target
 from elfkit.core.flow import FlowPath
+from elfkit.errors import RecipeError
 from elfkit.recipe.schema import Recipe
 from elfkit.registry import Registry
 from elfkit.types import Embedder
@@ -20,6 +21,8 @@ class Components:
 
     The backbone is built with the embedder's latent dimension and vocabulary and the
     dataset's sequence length filled in (``latent_dim``, ``vocab_size``, ``max_length``).
+    An embedder that asks for it (``learned-table`` with ``tie_unembedding``) shares its
+    table with the backbone's unembedding (one Parameter object in both).
     """
 
     recipe: Recipe
@@ -36,7 +39,8 @@ class Components:
 def build_components(recipe: Recipe, registry: Registry, *, with_dataset: bool = True) -> Components:
     """Build every component; the backbone gets the embedder's dimension and vocabulary.
 
-    Sequence length: the dataset config's ``max_length``.
+    Sequence length: the dataset config's ``max_length``. The unembedding tie is made here,
+    so training, :func:`~elfkit.pipeline.stages.load_trained` (sampling) and export all get it.
     """
     embedder = registry.build("embedder", recipe.embedder.name, recipe.embedder.config)
     dataset = registry.build("dataset", recipe.data.name, recipe.data.config) if with_dataset else None
@@ -49,6 +53,7 @@ def build_components(recipe: Recipe, registry: Registry, *, with_dataset: bool =
     if fill:
         backbone_cfg = backbone_cfg.model_copy(update=fill)
     backbone = registry.build("backbone", recipe.backbone.name, backbone_cfg)
+    tie_unembedding(embedder, backbone, embedder_name=recipe.embedder.name, backbone_name=recipe.backbone.name)
     return Components(
         recipe=recipe,
         registry=registry,
@@ -60,6 +65,25 @@ def build_components(recipe: Recipe, registry: Registry, *, with_dataset: bool =
         objective=registry.build("objective", recipe.objective.name, recipe.objective.config),
         path=FlowPath(recipe.path.noise_scale, recipe.path.t_eps, recipe.path.t_min),
     )
+
+
+def tie_unembedding(embedder: Any, backbone: nn.Module, *, embedder_name: str = "?",
+                    backbone_name: str = "?") -> bool:
+    """Tie the backbone's unembedding to ``embedder.tied_unembedding`` if the embedder offers one.
+
+    Returns whether a tie was made. A backbone without ``tie_unembedding(weight)`` cannot honour
+    the request: that is a :class:`RecipeError` rather than a silently untied run.
+    """
+    weight = getattr(embedder, "tied_unembedding", None)
+    if weight is None:
+        return False
+    hook = getattr(backbone, "tie_unembedding", None)
+    if not callable(hook):
+        raise RecipeError(f"embedder '{embedder_name}' has tie_unembedding: true, but backbone '{backbone_name}' "
+                          "cannot tie its unembedding (it has no tie_unembedding(weight) method); set "
+                          "embedder.tie_unembedding: false")
+    hook(weight)
+    return True
 
 
 def sampling_time(recipe: Recipe, registry: Registry, components: Components | None = None) -> Any:

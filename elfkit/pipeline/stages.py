@@ -145,13 +145,17 @@ def load_trained(checkpoint: Path, overrides: Sequence[str] = (), *, use_ema: bo
     components = build_components(recipe, registry, with_dataset=with_dataset)
     ema = recipe.sample.use_ema if use_ema is None else use_ema
     state = payload.get("ema") if ema and payload.get("ema") else payload["model"]
+    # An untied trainable embedder is saved on its own (EMA copy in "embedder_ema"). Load it
+    # first: a table tied to the unembedding is the backbone's ``unembed_table``, so the
+    # backbone state below sets it (with the same EMA/raw choice) for embedding and decoding.
+    emb_state = payload.get("embedder_ema") if ema and payload.get("embedder_ema") else payload.get("embedder")
+    if emb_state is not None and isinstance(components.embedder, torch.nn.Module):
+        components.embedder.load_state_dict(emb_state)
     try:
         components.backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint}: weights do not match the recipe's backbone: "
                               f"{str(exc).splitlines()[0]}") from None
-    if payload.get("embedder") is not None and isinstance(components.embedder, torch.nn.Module):
-        components.embedder.load_state_dict(payload["embedder"])
     components.backbone.eval()
     return Trained(recipe, components, int(payload["step"]), Path(checkpoint))
 

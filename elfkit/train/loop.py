@@ -135,21 +135,34 @@ class _Trainer:
                 raise RecipeError("train.activation_checkpointing: true, but this backbone has no "
                                   "enable_activation_checkpointing(); set it to false")
             self.raw.enable_activation_checkpointing()
+        # A table tied to the unembedding is a backbone parameter: it trains, averages (EMA),
+        # syncs (DDP) and checkpoints with the backbone; only the embedder's other trainable
+        # parameters ("extra") are handled here on their own.
+        own = {id(p) for p in self.raw.parameters()}
+        extra = [(n, p) for n, p in emb.named_parameters(prefix="embedder") if id(p) not in own] if (
+            self.embedder_trainable and isinstance(emb, nn.Module)) else []
+        tied = isinstance(emb, nn.Module) and any(id(p) in own for p in emb.parameters())
+        if (tied or extra) and info.distributed and self.train.parallel == "fsdp":
+            raise RecipeError("train.parallel: fsdp does not support a trainable embedder (it would shard a table "
+                              "tied to the unembedding apart from the embedder, and cannot checkpoint an untied "
+                              "one's optimiser state); use train.parallel: ddp")
         self.model = dist_utils.wrap(self.raw, self.train.parallel, info)
         if self.train.compile:
             self.raw.compile()
-        extra = list(emb.named_parameters(prefix="embedder")) if (
-            self.embedder_trainable and isinstance(emb, nn.Module)) else []
         self.extra_params = [p for _, p in extra]
+        self.optim_view = ckpt.ParamView(self.raw, {"embedder": emb}) if extra else None
         self.optimizer = build_optimizer(self.raw, self.train, extra=extra)
         self.scheduler = build_scheduler(self.optimizer, self.train)
         self.ema = EMA(self.raw, self.train.ema_decay)
+        # Sampling reads EMA weights: an untied trainable embedder gets its own EMA so the
+        # condition latents come from the same average as the backbone (saved as "embedder_ema").
+        self.embedder_ema = EMA(emb, self.train.ema_decay) if self.extra_params else None
         self.progress = ckpt.Progress()
         self.generator = torch.Generator(device=self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self) -> dict[str, Any] | None:
-        model_sd, optim_sd = ckpt.gather_training_state(self.model, self.optimizer)
+        model_sd, optim_sd = ckpt.gather_training_state(self.model, self.optimizer, optim_model=self.optim_view)
         ema_sd = self.ema.state_dict(self.raw)
         if not self.info.is_main:
             return None
@@ -162,8 +175,9 @@ class _Trainer:
             "micro_batch": self.micro, "loss": self.progress.loss, "rng": ckpt.rng_state(self.device),
             "target": c.recipe.target.name, "tokenizer": getattr(getattr(c.embedder, "tokenizer", None), "name", None),
         }
-        if self.extra_params:
+        if self.embedder_ema is not None:   # untied trainable embedder (a tied table is in model/ema)
             payload["embedder"] = c.embedder.state_dict()
+            payload["embedder_ema"] = self.embedder_ema.state_dict(c.embedder)
         return payload
 
     def save(self) -> Path:
@@ -177,11 +191,13 @@ class _Trainer:
         payload = ckpt.read_last(self.run_dir)
         if payload is None:
             return False
-        ckpt.restore_training_state(self.model, self.optimizer, payload)
+        ckpt.restore_training_state(self.model, self.optimizer, payload, optim_model=self.optim_view)
         self.ema.load_state_dict(payload["ema"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        if self.extra_params and "embedder" in payload:
+        if self.embedder_ema is not None and "embedder" in payload:
             self.c.embedder.load_state_dict(payload["embedder"])
+            if "embedder_ema" in payload:
+                self.embedder_ema.load_state_dict(payload["embedder_ema"])
         p = ckpt.Progress(payload["step"], payload["epoch"], payload["batches_in_epoch"], payload.get("loss"))
         old_rows = payload.get("world_size", 1) * payload.get("micro_batch", self.micro)
         if old_rows != self.info.world_size * self.micro:   # re-express the data position in this layout
@@ -220,6 +236,8 @@ class _Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.raw)
+        if self.embedder_ema is not None:
+            self.embedder_ema.update(self.c.embedder)
         self.progress.step += 1
         return logs, tokens * info.world_size
 

@@ -74,16 +74,40 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def gather_training_state(model: nn.Module, optimizer: Optimizer) -> tuple[dict, dict]:
-    """Full model and optimizer state dicts (a collective under FSDP2: call on every rank)."""
-    return get_model_state_dict(model, options=_FULL), get_optimizer_state_dict(model, optimizer, options=_FULL)
+class ParamView(nn.Module):
+    """``model``'s parameters under their own names plus ``extra`` modules' under their prefix.
+
+    torch's optimizer state dict names each stepped parameter through the module it is given
+    and fails on any it cannot find. An optimiser that also steps an untied trainable embedder
+    gets this view (never run forward): backbone names are unchanged and a parameter shared
+    with the backbone keeps the backbone's name. Not for FSDP2 (the trainer refuses that case).
+    """
+
+    def __init__(self, model: nn.Module, extra: dict[str, nn.Module]) -> None:
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, p in model.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for prefix, module in extra.items():
+            self.add_module(prefix, module)
 
 
-def restore_training_state(model: nn.Module, optimizer: Optimizer, payload: dict[str, Any]) -> None:
+def gather_training_state(model: nn.Module, optimizer: Optimizer, *,
+                          optim_model: nn.Module | None = None) -> tuple[dict, dict]:
+    """Full model and optimizer state dicts (a collective under FSDP2: call on every rank).
+
+    ``optim_model`` (default ``model``) names the optimizer's parameters, e.g. a :class:`ParamView`."""
+    return (get_model_state_dict(model, options=_FULL),
+            get_optimizer_state_dict(optim_model or model, optimizer, options=_FULL))
+
+
+def restore_training_state(model: nn.Module, optimizer: Optimizer, payload: dict[str, Any], *,
+                           optim_model: nn.Module | None = None) -> None:
     """Load model and optimizer from a full-state checkpoint (every rank reads the file)."""
     opts = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, payload["model"], options=opts)
-    set_optimizer_state_dict(model, optimizer, payload["optimizer"], options=opts)
+    set_optimizer_state_dict(optim_model or model, optimizer, payload["optimizer"], options=opts)
 
 
 def write(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:

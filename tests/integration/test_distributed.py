@@ -1,7 +1,7 @@
 """torchrun on CPU (gloo): 2 ranks × 1 micro-batch must match 1 process × 2 accumulated
 micro-batches (same rows, same per-micro-batch noise), for DDP, DDP with a resume, and FSDP2.
 
-The file is also the worker script: ``torchrun ... test_distributed.py RUN_DIR STEPS PARALLEL``.
+The file is also the worker script: ``torchrun ... test_distributed.py RUN_DIR STEPS PARALLEL [TABLE]``.
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ REPO = Path(__file__).resolve().parents[2]
 COMMON = dict(lr=2e-3, warmup_steps=2, checkpoint_every=100, n=64, cond_len=2, label_drop_every=3)
 
 
-def _worker(run_dir: str, steps: int, parallel: str) -> None:
+def _worker(run_dir: str, steps: int, parallel: str, table: str = "frozen") -> None:
     from elfkit.train import fit
     from tests.unit.train_fixtures import make_components
-    comps, data = make_components(steps=steps, batch_size=8, grad_accum=1, parallel=parallel, **COMMON)
+    comps, data = make_components(steps=steps, batch_size=8, grad_accum=1, parallel=parallel, table=table, **COMMON)
     fit(comps, data, Path(run_dir))
 
 
-def _torchrun(run_dir: Path, steps: int, parallel: str) -> None:
+def _torchrun(run_dir: Path, steps: int, parallel: str, table: str = "frozen") -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).resolve()), str(run_dir), str(steps), parallel]
+           str(Path(__file__).resolve()), str(run_dir), str(steps), parallel, table]
     # own session, so a hang kills torchrun *and* its workers (not just the launcher)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -85,6 +85,22 @@ def test_ddp_resume_continues_from_checkpoint(tmp_path, single_process) -> None:
 
 
 @pytest.mark.slow
+def test_ddp_syncs_a_learned_table_tied_to_the_unembedding(tmp_path) -> None:
+    """The tied table gets gradient from the latents (outside DDP's forward) and the logits; DDP
+    must all-reduce the sum once, exactly as one process accumulating both micro-batches."""
+    from elfkit.pipeline.checkpoint import load_checkpoint
+    from elfkit.train import fit
+    from tests.unit.train_fixtures import make_components
+    comps, data = make_components(steps=3, batch_size=4, grad_accum=2, table="tied", **COMMON)
+    fit(comps, data, tmp_path / "single")
+    _torchrun(tmp_path / "ddp", 3, "ddp", "tied")
+    want = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")
+    got = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert "unembed_table" in got["model"] and "embedder" not in got
+    _assert_same_weights(got, want)
+
+
+@pytest.mark.slow
 def test_fsdp2_two_ranks_match_accumulated_single_process(tmp_path, single_process) -> None:
     from elfkit.pipeline.checkpoint import load_checkpoint
     _torchrun(tmp_path, 6, "fsdp")
@@ -93,4 +109,4 @@ def test_fsdp2_two_ranks_match_accumulated_single_process(tmp_path, single_proce
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    _worker(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    _worker(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])

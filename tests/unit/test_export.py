@@ -243,6 +243,21 @@ def test_backbone_without_optional_inputs_or_decoder(tmp_path, registry):
         runner.decode(z, None)
 
 
+def test_tied_unembedding_table_is_exported(tmp_path, registry):
+    bb = tiny_backbone()
+    table = torch.nn.Parameter(torch.randn(V, 16, generator=torch.Generator().manual_seed(3)))   # decoder_hidden 16
+    bb.tie_unembedding(table)                                      # what a learned-table recipe builds
+    export_backbone(bb, "torch-export", tmp_path, SPEC, registry)
+    runner, eager = load_runner(tmp_path, registry=registry), EagerRunner(bb)
+    z, _, _, g = inputs(3, 9)
+    with torch.no_grad():
+        got = runner.decode(z, g)
+        torch.testing.assert_close(got, eager.decode(z, g), atol=1e-5, rtol=1e-6)
+        table.mul_(2.0)                                            # the artifact holds the table's values then
+        assert (got - eager.decode(z, g)).abs().max() > 1e-2
+    assert bb.unembed_table is table                               # exporting copies; the tie stays
+
+
 def test_tensorrt_without_plugin_explains_installation(tmp_path, backbone, registry):
     with pytest.raises(MissingDependencyError, match=r'pip install "elfkit\[trt\]" ./plugins/elfkit-tensorrt'):
         export_backbone(backbone, "tensorrt", tmp_path, SPEC, registry)

@@ -1,22 +1,23 @@
 """Tiny, fast pieces for training tests: the real ELF backbone at toy size, an in-memory
-``TrainData`` over random tokens with a frozen random embedding table, and a
-``Components`` builder. Shared by the objective, trainer and distributed tests.
+``TrainData`` over random tokens with a frozen random embedding table (or a learned one),
+and a ``Components`` builder. Shared by the objective, trainer and distributed tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from elfkit.components.embedders import LearnedTable, LearnedTableConfig
 from elfkit.components.objectives import ElfObjective, ElfObjectiveConfig
 from elfkit.components.targets import TargetConfig, XTarget
 from elfkit.components.time import LogitNormalConfig, LogitNormalTime
 from elfkit.core.flow import FlowPath
-from elfkit.pipeline.build import Components
+from elfkit.pipeline.build import Components, tie_unembedding
 from elfkit.recipe.schema import Recipe, TrainSection
 from elfkit.registry import build_registry
 from elfkit.types import Batch
@@ -85,14 +86,30 @@ class MemoryData:
         return self.embedder.embed(batch.input_ids)
 
 
+def learned_table(vocab_size: int, dim: int, *, tie: bool) -> LearnedTable:
+    """A ``learned-table`` embedder over a toy tokenizer (N(0, 1) init from the torch RNG)."""
+    tok = SimpleNamespace(name="toy", vocab_size=vocab_size, eos_id=1, pad_id=0)
+    return LearnedTable(LearnedTableConfig(dim=dim, tie_unembedding=tie), tokenizer=tok)
+
+
 def make_components(*, seed: int = 0, objective: dict | None = None, backbone: dict | None = None,
                     n: int = 64, seq: int = 8, cond_len: int = 0, label_drop_every: int = 0,
+                    table: Literal["frozen", "tied", "untied"] = "frozen",
                     **train: Any) -> tuple[Components, MemoryData]:
-    """Components + data for a tiny run; ``train`` keys override :class:`TrainSection`."""
+    """Components + data for a tiny run; ``train`` keys override :class:`TrainSection`.
+
+    ``table``: the frozen :class:`TableEmbedder`, or a ``learned-table`` tied to the decoder's
+    unembedding (``decoder_hidden`` then defaults to ``latent_dim``) or untied."""
     bb_kw = {"latent_dim": 8, "vocab_size": 16, "max_length": seq, **(backbone or {})}
+    if table == "tied":
+        bb_kw.setdefault("decoder_hidden", bb_kw["latent_dim"])
     torch.manual_seed(seed)
     net = tiny_elf(**bb_kw)
-    emb = TableEmbedder(bb_kw["vocab_size"], bb_kw["latent_dim"])
+    if table == "frozen":
+        emb = TableEmbedder(bb_kw["vocab_size"], bb_kw["latent_dim"])
+    else:
+        emb = learned_table(bb_kw["vocab_size"], bb_kw["latent_dim"], tie=table == "tied")
+        tie_unembedding(emb, net)
     data = MemoryData(emb, n=n, seq=seq, cond_len=cond_len, label_drop_every=label_drop_every, seed=seed)
     train_kw = {"steps": 10, "batch_size": 8, "checkpoint_every": 5, "log_every": 1, "warmup_steps": 2, **train}
     recipe = Recipe(name="tiny", seed=seed, data={"name": "memory"}, embedder={"name": "table"},

@@ -9,6 +9,10 @@ on the *un-normalised* hidden state) that the caller applies in decode mode.
 Capabilities are explicit config fields, never inferred from tensor shapes: the
 reference switches self-conditioning on a 2·D input width; here ``self_cond`` is its own
 argument and ``self_conditioning`` decides whether ``self_cond_proj`` exists.
+
+Weight tying (:meth:`ELFBackbone.tie_unembedding`, used for a ``learned-table`` embedder) is
+an elfkit extension, not part of ELF: the decoder's output layer becomes the embedder's
+(V, D) table, held as the parameter ``unembed_table`` in place of ``unembed_kernel``.
 """
 
 from __future__ import annotations
@@ -234,13 +238,57 @@ class ELFBackbone(nn.Module):
         if self.cfg.decoder_head:
             nn.init.xavier_uniform_(self.proj_kernel)
             nn.init.zeros_(self.proj_bias)
-            nn.init.xavier_uniform_(self.unembed_kernel)
+            if not self.tied:   # a tied table belongs to the embedder, which initialises it
+                nn.init.xavier_uniform_(self.unembed_kernel)
             nn.init.zeros_(self.unembed_bias)
         cfg = self.cfg
         cos, sin = rope_tables(cfg.resolved_head_dim, cfg.num_prefix, cfg.max_length, cfg.rope_theta,
                                device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
+
+    # -- weight tying ----------------------------------------------------------------------
+    @property
+    def tied(self) -> bool:
+        """Whether the unembedding is a tied (V, D) table (``unembed_table``) instead of ``unembed_kernel``."""
+        return "unembed_table" in self._parameters
+
+    def tie_unembedding(self, weight: nn.Parameter) -> None:
+        """Make ``weight`` (V, D), the embedder's table, the decoder's output layer: logits = h·Wᵀ + u.
+
+        The backbone registers *that* Parameter object as ``unembed_table`` and drops
+        ``unembed_kernel``, so ``parameters()``/``state_dict()`` hold the table once, under
+        this name: the optimiser, EMA, DDP and checkpoints (``model``/``ema``) cover it with
+        the backbone, and loading a state dict into the backbone also sets the embedder's
+        table. ``unembed_bias`` stays. Stored (V, D) = (out, in) like a Linear weight, so Muon
+        reads fan_out = V, fan_in = D. Raises :class:`RecipeError` when the shapes cannot tie.
+        """
+        cfg = self.cfg
+        if not isinstance(weight, nn.Parameter):
+            raise TypeError(f"tie_unembedding needs the embedder's nn.Parameter, got {type(weight).__name__}")
+        if self.tied:
+            if self.unembed_table is weight:
+                return
+            raise RecipeError("the backbone's unembedding is already tied to another table")
+        if not cfg.decoder_head:
+            raise RecipeError("embedder.tie_unembedding: true needs the backbone's decoder head, but "
+                              "backbone.decoder_head is false; set backbone.decoder_head: true or "
+                              "embedder.tie_unembedding: false")
+        if weight.dim() != 2:
+            raise RecipeError(f"a tied unembedding table must be 2-D (V, D), got shape {tuple(weight.shape)}")
+        rows, dim = weight.shape
+        if dim != cfg.decoder_hidden:
+            raise RecipeError(
+                f"embedder.dim ({dim}) must equal backbone.decoder_hidden ({cfg.decoder_hidden}) to tie the "
+                f"learned table to the unembedding; set backbone.decoder_hidden: {dim} or "
+                "embedder.tie_unembedding: false")
+        if rows != cfg.vocab_size:
+            raise RecipeError(
+                f"the learned table has {rows} rows (the embedder's tokenizer vocabulary) but "
+                f"backbone.vocab_size is {cfg.vocab_size}; leave backbone.vocab_size unset (the pipeline fills it "
+                "from the embedder) or set embedder.tie_unembedding: false")
+        del self.unembed_kernel
+        self.register_parameter("unembed_table", weight)
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -322,12 +370,14 @@ class ELFBackbone(nn.Module):
     def decode_logits(self, hidden: Tensor) -> Tensor:
         """(…, H) un-normalised hidden → (…, V) fp32 logits: GELU_tanh(h·P + p)·U + u.
 
-        No norm before it and no tying to any embedding (reference §3.2.7)."""
+        No norm before it (reference §3.2.7). U is ``unembed_kernel`` (in, out), or ``Wᵀ`` of the
+        tied (V, D) table after :meth:`tie_unembedding` (ELF itself does not tie)."""
         if not self.cfg.decoder_head:
             raise BackboneInputError("this backbone was built with decoder_head=false; it cannot produce logits")
+        unembed = self.unembed_table.t() if self.tied else self.unembed_kernel
         with torch.autocast(hidden.device.type, enabled=False):
             h = F.gelu(hidden.float() @ self.proj_kernel.float() + self.proj_bias.float(), approximate="tanh")
-            return h @ self.unembed_kernel.float() + self.unembed_bias.float()
+            return h @ unembed.float() + self.unembed_bias.float()
 
 
 def build_elf_backbone(cfg: ELFBackboneConfig) -> ELFBackbone:

@@ -165,11 +165,20 @@ def read_official_state_dict(source: str | Path | Mapping[str, Any], *, use_ema:
 # ----------------------------------------------------------------------------------------
 # Backbone ⇄ official state dict
 # ----------------------------------------------------------------------------------------
+def _own_official(backbone: nn.Module) -> dict[str, Tensor]:
+    """The backbone's official-name tensors. The official format has no tie: a tied backbone's
+    (V, D) ``unembed_table`` stands for ``unembed_kernel`` = its transpose, (D, V) stored (in, out)."""
+    own = {k: v for k, v in backbone.state_dict().items() if k.split(".", 1)[0] in OFFICIAL_ROOTS}
+    if getattr(backbone, "tied", False):
+        own["unembed_kernel"] = backbone.unembed_table.detach().t()
+    return own
+
+
 def official_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
     """The backbone's weights under the official names (detached CPU copies), ready for
-    ``torch.save``; elfkit-only submodules (e.g. an attached trainable embedder) are left out."""
-    return {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()
-            if k.split(".", 1)[0] in OFFICIAL_ROOTS}
+    ``torch.save``; elfkit-only submodules (e.g. an attached trainable embedder) are left out.
+    A tied unembedding table is written as an ordinary ``unembed_kernel`` (its transpose)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in _own_official(backbone).items()}
 
 
 _FLAG_HINTS = {"self_cond_proj": "self_conditioning", "self_cond_cfg": "guidance_tokens",
@@ -199,16 +208,21 @@ def load_official(backbone: nn.Module, source: str | Path | Mapping[str, Any], *
                   trust_pickle: bool = False) -> nn.Module:
     """Load official weights into ``backbone`` strictly (every official-name tensor must match
     in name and shape); returns the backbone. Mismatches raise :class:`CheckpointError` listing
-    the missing/unexpected keys."""
+    the missing/unexpected keys. A tied backbone takes ``unembed_kernel``ᵀ into its tied table
+    (so it also becomes the embedder's input table)."""
     sd = read_official_state_dict(source, use_ema=use_ema, trust_pickle=trust_pickle)
     origin = "the given state dict" if isinstance(source, Mapping) else f"checkpoint '{source}'"
-    own = {k: v for k, v in backbone.state_dict().items() if k.split(".", 1)[0] in OFFICIAL_ROOTS}
+    own = _own_official(backbone)
     missing = sorted(own.keys() - sd.keys())
     unexpected = sorted(sd.keys() - own.keys())
     shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
               for k in sorted(own.keys() & sd.keys()) if sd[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         raise CheckpointError(_mismatch_message(origin, missing, unexpected, shapes))
+    if getattr(backbone, "tied", False):
+        sd = dict(sd)
+        with torch.no_grad():
+            backbone.unembed_table.copy_(sd.pop("unembed_kernel").t())
     result = backbone.load_state_dict(sd, strict=False)
     extra = [k for k in result.missing_keys if k.split(".", 1)[0] in OFFICIAL_ROOTS]
     if extra or result.unexpected_keys:  # cannot happen after the check above; never load silently partial

@@ -44,4 +44,4 @@ def elfkit_register_components(registry) -> None:
     registry.add("embedder", "pretrained-table", PretrainedTable, PretrainedTableConfig,
                  "Frozen token table from a pretrained model (MiniLM word embeddings).")
     registry.add("embedder", "learned-table", LearnedTable, LearnedTableConfig,
-                 "Trainable token table (embedder.weight), for tying experiments.")
+                 "Trainable token table (embedder.weight), tied to the decoder's unembedding by default.")

@@ -2,16 +2,20 @@
 
 * ``gaussian-table``   — a frozen N(0, 1) table drawn from a seed (the "random embedding" baseline);
 * ``pretrained-table`` — a frozen table taken from a pretrained model (MiniLM's word embeddings);
-* ``learned-table``    — a trainable table (``trainable=True``), returned with gradients.
+* ``learned-table``    — a trainable table (``trainable=True``), returned with gradients and, by
+  default, tied to the decoder head's unembedding (the embedding ablation's learnable table).
 
 Tables ignore the pairwise mask: a token's latent does not depend on its neighbours, so
 there is nothing for the mask to restrict. Label drop still zeroes condition latents.
 
-Tying (learned-table): the table is ``embedder.weight``, an ``nn.Parameter`` of shape (V, D).
-A backbone that ties its unembedding to it must hold *that same Parameter object* (e.g.
-``logits = hidden @ embedder.weight.T`` in its decoder head, the parameter passed in at build
-time), and the optimiser must see it exactly once (``embedder.parameters()`` plus backbone
-parameters, deduplicated by identity). Nothing here creates the tie; ELF itself does not tie.
+Tying (learned-table, ``tie_unembedding: true``): the table ``embedder.weight`` (V, D) is also
+the decoder's output layer, ``logits = h·Wᵀ + b``. The embedder only offers the parameter
+(``tied_unembedding``); :func:`elfkit.pipeline.build.build_components` hands it to the
+backbone's ``tie_unembedding(weight)``, after which the backbone holds *the same Parameter
+object*: it appears once in ``backbone.parameters()`` (so the optimiser, EMA, DDP and the
+checkpoint's ``model``/``ema`` state see it once, under the backbone's name) and sampling
+from the EMA weights uses the EMA table for both the input latents and the logits.
+The tie needs ``backbone.decoder_hidden == embedder.dim``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ class LearnedTableConfig(TableConfig):
     """Latent width D."""
     init_std: float = Field(1.0, gt=0)
     """Initial N(0, init_std²) entries (seeded by the run's global seed through torch)."""
+    tie_unembedding: bool = True
+    """The decoder head's output layer *is* this table, ``logits = h·Wᵀ + b`` (the embedding
+    ablation's learnable table; needs ``backbone.decoder_hidden == dim``). False: untied, the
+    backbone keeps its own unembedding and the table only learns through the input latents."""
 
 
 class _Table(nn.Module):
@@ -130,4 +138,10 @@ class LearnedTable(_Table):
         tok = tokenizer or load_tokenizer(cfg.tokenizer)
         super().__init__(tok, cfg.latent_mean, cfg.latent_std)
         self.weight = nn.Parameter(torch.randn(tok.vocab_size, cfg.dim) * cfg.init_std)    # (V, D)
+        self.tie_unembedding = cfg.tie_unembedding
         self.identity = f"learned-table:{tok.name}:d={cfg.dim}"
+
+    @property
+    def tied_unembedding(self) -> nn.Parameter | None:
+        """The Parameter the backbone's unembedding must share (None: untied); read by the pipeline."""
+        return self.weight if self.tie_unembedding else None
