@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--no-tf32", action="store_true", help="strict fp32 matmuls on CUDA")
     p.add_argument("--optimizer", choices=["muon", "adamw"], default="muon")
+    p.add_argument("--muon-implementation", choices=["reference", "torch"], default="reference",
+                   help="reference: optax semantics; torch: torch.optim.Muon")
+    p.add_argument("--ns-dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="reference Muon's Newton–Schulz precision")
     p.add_argument("--reference-style", action="store_true", help="the official port's cost structure")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     time_c = build_registry(entry_points=False).build("time", "logit-normal", {})
     from elfkit.core.flow import FlowPath
     path = FlowPath(noise_scale=2.0)
-    train = TrainSection(batch_size=args.batch, optimizer=args.optimizer)
+    train = TrainSection(batch_size=args.batch, optimizer=args.optimizer,
+                         muon={"implementation": args.muon_implementation, "ns_dtype": args.ns_dtype})
     opt = build_optimizer(net, train)
     ema = EMA(net, train.ema_decay)
     gen = torch.Generator(device=device).manual_seed(args.seed)

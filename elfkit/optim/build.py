@@ -93,7 +93,7 @@ def build_optimizer(model: nn.Module, train: TrainSection, *,
         raise RecipeError("the model has no trainable parameters (every parameter has requires_grad=False)")
     return MuonAdam(groups, lr=lr, momentum=train.muon.momentum, ns_steps=train.muon.ns_steps,
                     betas=tuple(train.adam_betas), eps=train.adam_eps, weight_decay=train.weight_decay,
-                    implementation=train.muon.implementation)
+                    implementation=train.muon.implementation, ns_dtype=train.muon.ns_dtype)
 
 
 class WarmupConstant:

@@ -48,11 +48,12 @@ except ImportError:  # pragma: no cover - torch without distributed
 # Pure functions
 # ----------------------------------------------------------------------------------------
 def newton_schulz(u: Tensor, steps: int = 5, coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
-                  eps: float = 1e-8) -> Tensor:
+                  eps: float = 1e-8, dtype: torch.dtype = torch.float32) -> Tensor:
     """Approximate the orthogonal polar factor of a matrix with the quintic Newton–Schulz map.
 
-    Runs in fp32 (optax semantics), on the orientation with rows ≤ cols, after dividing by
-    ``‖u‖_F + eps`` so every singular value is ≤ 1. Returns the same shape as ``u``.
+    Runs in ``dtype`` (fp32 = optax semantics; bf16 = Keller Jordan's original Muon, several
+    times faster on CPUs with bf16 matmuls), on the orientation with rows ≤ cols, after
+    dividing by ``‖u‖_F + eps`` (in fp32) so every singular value is ≤ 1. Returns ``dtype``.
     """
     if u.dim() != 2:
         raise ValueError(f"newton_schulz expects a matrix, got shape {tuple(u.shape)}")
@@ -60,7 +61,7 @@ def newton_schulz(u: Tensor, steps: int = 5, coefficients: tuple[float, float, f
     transposed = x.shape[0] > x.shape[1]
     if transposed:
         x = x.T
-    x = x / (torch.linalg.matrix_norm(x) + eps)
+    x = (x / (torch.linalg.matrix_norm(x) + eps)).to(dtype)
     a, b, c = coefficients
     for _ in range(steps):
         gram = x @ x.T                                  # (r, r), r = min(rows, cols)
@@ -104,9 +105,13 @@ class MuonAdam(Optimizer):
 
     def __init__(self, params: Iterable[dict[str, Any]], lr: float = 1e-3, *, momentum: float = 0.95,
                  ns_steps: int = 5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, implementation: Literal["reference", "torch"] = "reference") -> None:
+                 weight_decay: float = 0.0, implementation: Literal["reference", "torch"] = "reference",
+                 ns_dtype: Literal["fp32", "bf16"] = "fp32") -> None:
         if implementation not in ("reference", "torch"):
             raise ValueError(f"implementation must be 'reference' or 'torch', got {implementation!r}")
+        if ns_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"ns_dtype must be 'fp32' or 'bf16', got {ns_dtype!r}")
+        self.ns_dtype = torch.bfloat16 if ns_dtype == "bf16" else torch.float32
         defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, betas=betas, eps=eps,
                         weight_decay=weight_decay, algo="adam", in_out=False,
                         # keys torch.optim.Muon reads from its groups (implementation="torch")
@@ -164,7 +169,7 @@ class MuonAdam(Optimizer):
             m = state["momentum_buffer"]
             m.lerp_(g, 1 - beta)                                       # m ← β·m + (1−β)·g
             u = nesterov_momentum(m, g, beta, k)
-            o = newton_schulz(_full(u), group["ns_steps"], group["ns_coefficients"], group["eps"])
+            o = newton_schulz(_full(u), group["ns_steps"], group["ns_coefficients"], group["eps"], self.ns_dtype)
             o = _like(o.to(p.dtype), p)
             if wd:
                 p.mul_(1 - lr * wd)

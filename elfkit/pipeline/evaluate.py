@@ -4,11 +4,14 @@ Each seed's samples go through every evaluator of ``recipe.eval.evaluators``; th
 records are aggregated into rows of mean ± standard error (``elfkit.eval.aggregate``). With
 ``eval.references`` on and ``references.jsonl`` present, the same evaluators (those that need
 no reference texts) also score two reference rows: the held-out real text and a copy with
-each text's tokens shuffled (``elfkit.eval.references``).
+each text's tokens shuffled (``elfkit.eval.references``). Conditional samples also get two
+model-free baselines for the reference-based evaluators: "copy source" (the source as output)
+and "other reference" (another held-out pair's reference: fluent, but blind to the source).
 
-``metrics.json`` is a JSON list of rows::
+``metrics.json`` is a JSON list of rows (``row``: samples, real text, shuffled text, copy
+source or other reference)::
 
-    {"row": "samples" | "real text" | "shuffled text" | "copy source", "metric": "gen_ppl", "mean": 41.2,
+    {"row": "samples", "metric": "gen_ppl", "mean": 41.2,
      "stderr": 1.3 | null, "n": 192, "seeds": [0, 1, 2], "values": [40.1, 43.8, 39.7],
      "judge": "SmolLM2-135M-Instruct-Q4_1", "precision": "fp32"}
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -169,25 +172,42 @@ def evaluate_samples(samples: Sequence[SampleRecord], evaluators: Sequence[tuple
         records.extend(_run(evaluators, group, list(references) if references is not None else None))
     rows = aggregate_records(records, "samples")
     rows.extend(score_copy_source_row(by_seed[min(by_seed)] if by_seed else [], evaluators))
+    rows.extend(score_other_reference_row(by_seed[min(by_seed)] if by_seed else [], evaluators))
     if reference_texts:
         rows.extend(score_reference_rows(reference_texts, evaluators))
     return rows
+
+
+def _baseline_row(samples: Sequence[SampleRecord], evaluators: Sequence[tuple[str, Evaluator]],
+                  row: str, output: Callable[[list[SampleRecord], int], str], *,
+                  min_pairs: int = 1) -> list[MetricRow]:
+    """Score a fixed, model-free output per conditional sample with the reference-based evaluators."""
+    usable = [(n, e) for n, e in evaluators if getattr(e, "needs_references", False)]
+    pairs = sorted((s for s in samples if s.source is not None and s.reference is not None), key=lambda s: s.index)
+    if not usable or len(pairs) < min_pairs:
+        return []
+    outputs = [SampleRecord(text=output(pairs, i), token_ids=[], seed=s.seed, index=s.index, source=s.source,
+                            reference=s.reference) for i, s in enumerate(pairs)]
+    records = _run(usable, outputs, what=row)
+    for r in records:
+        r.seed = None
+    return aggregate_records(records, row)
 
 
 def score_copy_source_row(samples: Sequence[SampleRecord],
                           evaluators: Sequence[tuple[str, Evaluator]]) -> list[MetricRow]:
     """Conditional tasks: the 'copy source' baseline row (each source passed through unchanged as
     its own output), scored by the evaluators that compare with references (BLEU, ROUGE)."""
-    usable = [(n, e) for n, e in evaluators if getattr(e, "needs_references", False)]
-    pairs = [s for s in samples if s.source is not None and s.reference is not None]
-    if not usable or not pairs:
-        return []
-    copies = [SampleRecord(text=s.source, token_ids=[], seed=s.seed, index=s.index, source=s.source,
-                           reference=s.reference) for s in sorted(pairs, key=lambda s: s.index)]
-    records = _run(usable, copies, what="copied sources")
-    for r in records:
-        r.seed = None
-    return aggregate_records(records, "copy source")
+    return _baseline_row(samples, evaluators, "copy source", lambda pairs, i: pairs[i].source or "")
+
+
+def score_other_reference_row(samples: Sequence[SampleRecord],
+                              evaluators: Sequence[tuple[str, Evaluator]]) -> list[MetricRow]:
+    """Conditional tasks: the 'other reference' baseline row: each output is the reference of the
+    *next* held-out pair, i.e. fluent target-language text that ignores its source. A model must
+    beat it to show that it uses the condition, not only that it writes the target language."""
+    return _baseline_row(samples, evaluators, "other reference",
+                         lambda pairs, i: pairs[(i + 1) % len(pairs)].reference or "", min_pairs=2)
 
 
 # ----------------------------------------------------------------------------------------

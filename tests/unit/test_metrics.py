@@ -184,3 +184,18 @@ def test_copy_source_row_scores_sources_against_references():
     expected = sacrebleu.corpus_bleu(["a b c e", "x y z w"], [["a b c d", "x y z w"]], lowercase=True,
                                      use_effective_order=True).score
     assert by_row["copy source"].mean == pytest.approx(expected)
+
+
+def test_other_reference_row_scores_the_next_pairs_reference():
+    from elfkit.pipeline.evaluate import evaluate_samples
+    from elfkit.types import SampleRecord
+
+    refs = ["the lord spake unto moses", "and god said let there be light", "in the beginning was the word"]
+    samples = [SampleRecord(text=r, token_ids=[], seed=0, index=i, source=f"src {i}", reference=r)
+               for i, r in enumerate(refs)]
+    rows = {r.row: r for r in evaluate_samples(samples, [("bleu", BLEUEvaluator(BLEUConfig()))])}
+    import sacrebleu
+    expected = sacrebleu.corpus_bleu([refs[1], refs[2], refs[0]], [refs], lowercase=True,
+                                     use_effective_order=True).score
+    assert rows["other reference"].mean == pytest.approx(expected)
+    assert rows["other reference"].mean < rows["samples"].mean == pytest.approx(100.0)

