@@ -171,8 +171,9 @@ def evaluate_samples(samples: Sequence[SampleRecord], evaluators: Sequence[tuple
         group = sorted(by_seed[seed], key=lambda s: s.index)
         records.extend(_run(evaluators, group, list(references) if references is not None else None))
     rows = aggregate_records(records, "samples")
-    rows.extend(score_copy_source_row(by_seed[min(by_seed)] if by_seed else [], evaluators))
-    rows.extend(score_other_reference_row(by_seed[min(by_seed)] if by_seed else [], evaluators))
+    first_seed = by_seed[min(by_seed)] if by_seed else []   # baselines do not depend on the seed
+    rows.extend(score_copy_source_row(first_seed, evaluators))
+    rows.extend(score_other_reference_row(first_seed, evaluators))
     if reference_texts:
         rows.extend(score_reference_rows(reference_texts, evaluators))
     return rows
