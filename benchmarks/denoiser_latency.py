@@ -29,11 +29,11 @@ from typing import Any
 import torch
 
 from elfkit.components.backbones import EagerRunner, ELFBackboneConfig, build_elf_backbone
+from elfkit.components.exporters import ExportSpec, export_backbone, load_runner, read_manifest
+from elfkit.components.exporters.manifest import library_versions
+from elfkit.components.exporters.spec import DimRange
 from elfkit.core.flow import FlowPath
 from elfkit.errors import ElfkitError
-from elfkit.export import ExportSpec, export_backbone, load_runner, read_manifest
-from elfkit.export.manifest import library_versions
-from elfkit.export.spec import DimRange
 from elfkit.generation import generate
 from elfkit.registry import build_registry
 

@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_model_args  # noqa: E402
 
 from elfkit.components.objectives import ElfObjective, ElfObjectiveConfig  # noqa: E402
-from elfkit.optim import EMA, build_optimizer, clip_grad_norm  # noqa: E402
+from elfkit.pipeline.train.ema import EMA  # noqa: E402
+from elfkit.pipeline.train.optimizers import build_optimizer, clip_grad_norm  # noqa: E402
 from elfkit.recipe.schema import TrainSection  # noqa: E402
+from elfkit.records import Batch  # noqa: E402
 from elfkit.registry import build_registry  # noqa: E402
-from elfkit.types import Batch  # noqa: E402
 
 # Dense peak TFLOP/s per precision (SXM parts; fp32 = TF32 tensor cores when TF32 is on).
 PEAK_TFLOPS = {"H100": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0},

@@ -1,7 +1,8 @@
 """elfkit: a framework for continuous text generators; ELF is the default recipe."""
 
+from elfkit.contracts import Denoiser, Embedder, Sampler
 from elfkit.hookspecs import hookimpl
-from elfkit.types import Denoiser, Embedder, ModelCapabilities, Prediction, Sampler, SamplerOutput
+from elfkit.records import ModelCapabilities, Prediction, SamplerOutput
 
 __version__ = "0.1.0"
 

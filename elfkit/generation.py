@@ -5,7 +5,7 @@ The pieces meet here and nowhere else:
 - :class:`ModelEvaluator` turns one ``runner.denoise`` forward into a :class:`Prediction`
   with ELF's condition handling (reference §6.3) — the *model evaluation* that guidance
   components combine;
-- a guidance component builds the :class:`~elfkit.types.Denoiser` the sampler calls;
+- a guidance component builds the :class:`~elfkit.contracts.Denoiser` the sampler calls;
 - :func:`generate` draws z₀ and the time grid from one generator, runs the sampler, pins
   the condition, decodes once and takes the argmax;
 - :func:`postprocess` turns token ids into the id lists that are decoded to text.
@@ -20,9 +20,10 @@ from torch import Tensor
 
 from elfkit.components.guidance.base import Guidance
 from elfkit.components.targets import Target
+from elfkit.contracts import ModelRunner, Sampler
 from elfkit.core.flow import FlowPath
 from elfkit.errors import ElfkitError
-from elfkit.types import ModelCapabilities, ModelRunner, Prediction, Sampler
+from elfkit.records import ModelCapabilities, Prediction
 
 
 # ----------------------------------------------------------------------------------------

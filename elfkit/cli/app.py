@@ -147,7 +147,7 @@ def eval_(samples: Annotated[Path, typer.Argument(help="samples.jsonl")],
 def report(run_dirs: Annotated[list[Path], typer.Argument(help="One run directory, or several to compare.")],
            out_file: Annotated[Path | None, typer.Option("--out", help="Comparison report path.")] = None) -> None:
     """Write report.md for a run, or compare several runs side by side."""
-    from elfkit.pipeline.report import compare_runs, write_report
+    from elfkit.pipeline.report.document import compare_runs, write_report
     if len(run_dirs) == 1:
         path = write_report(run_dirs[0])
     else:
@@ -264,7 +264,7 @@ def plugins_new(kind: Annotated[str, typer.Argument(help="Component kind (sample
     """Scaffold a plugin with a passing conformance test."""
     if kind != "sampler":
         raise ElfkitError(f"scaffolding is available for: sampler (got '{kind}')")
-    from elfkit.scaffold import new_sampler_plugin
+    from elfkit.cli.scaffold import new_sampler_plugin
     for p in new_sampler_plugin(name, dest, package=package):
         out.print(f"[green]wrote[/] {p}")
 

@@ -16,7 +16,7 @@ from elfkit.config import ComponentConfig
 from elfkit.core import flow
 from elfkit.core.flow import FlowPath
 from elfkit.hookspecs import hookimpl
-from elfkit.types import Prediction
+from elfkit.records import Prediction
 
 Space = Literal["x", "eps", "v"]
 
@@ -85,16 +85,6 @@ class VTarget(Target):
 
     def predict(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
         return Prediction(x=flow.v_to_x(out, z, t), eps=flow.v_to_eps(out, z, t), v=out)
-
-
-def guided_target(target_value: Tensor, pred_cond: Tensor, pred_uncond: Tensor,
-                  use_sc: Tensor, w: Tensor) -> Tensor:
-    """ELF's trained-in self-conditioning guidance: ``tgt + use_sc·(1−1/w)·(c − u)``.
-
-    All tensors (B,S,D) except ``use_sc`` and ``w`` (B,). The caller stops gradients.
-    """
-    coef = (use_sc.to(target_value.dtype) * (1 - 1 / w.to(target_value.dtype)))
-    return target_value + coef.view(-1, 1, 1) * (pred_cond - pred_uncond)
 
 
 @hookimpl

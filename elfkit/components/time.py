@@ -7,7 +7,7 @@ from pydantic import Field
 from torch import Tensor
 
 from elfkit.config import ComponentConfig
-from elfkit.core import time as tmath
+from elfkit.core import distributions as tmath
 from elfkit.hookspecs import hookimpl
 
 

@@ -8,11 +8,11 @@ from typing import Any
 from torch import nn
 
 from elfkit.components.targets import Target
+from elfkit.contracts import Embedder
 from elfkit.core.flow import FlowPath
 from elfkit.errors import RecipeError
 from elfkit.recipe.schema import Recipe
 from elfkit.registry import Registry
-from elfkit.types import Embedder
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """The evaluate stage: ``samples.jsonl`` (+ ``references.jsonl``) → ``metrics.json``.
 
 Each seed's samples go through every evaluator of ``recipe.eval.evaluators``; the per-seed
-records are aggregated into rows of mean ± standard error (``elfkit.eval.aggregate``). With
+records are aggregated into rows of mean ± standard error (``elfkit.pipeline.report.aggregate``). With
 ``eval.references`` on and ``references.jsonl`` present, the same evaluators (those that need
 no reference texts) also score two reference rows: the held-out real text and a copy with
-each text's tokens shuffled (``elfkit.eval.references``). Conditional samples also get two
+each text's tokens shuffled (:func:`shuffle_tokens`). Conditional samples also get two
 model-free baselines for the reference-based evaluators: "copy source" (the source as output)
 and "other reference" (another held-out pair's reference: fluent, but blind to the source).
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -32,16 +33,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from elfkit.components.evaluators.base import Evaluator
+from elfkit.components.evaluators.gpt2_bpe import gpt2_tokenizer
+from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError, RecipeError
-from elfkit.eval.aggregate import MetricRow, aggregate_records
-from elfkit.eval.gpt2_bpe import gpt2_tokenizer
-from elfkit.eval.references import shuffle_tokens
-from elfkit.pipeline.checkpoint import atomic_write_text
+from elfkit.fileio import atomic_write_text
+from elfkit.pipeline.report.aggregate import MetricRow, aggregate_records
 from elfkit.pipeline.rundir import RunDir, fingerprint
 from elfkit.recipe.load import resolved_dict
 from elfkit.recipe.schema import ComponentRef, Recipe
+from elfkit.records import MetricRecord, SampleRecord
 from elfkit.registry import Registry, default_registry
-from elfkit.types import MetricRecord, SampleRecord
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,16 @@ _REFERENCE_MEMO: dict[str, list[MetricRow]] = {}
 # ----------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------
+def shuffle_tokens(texts: Sequence[str], tokenizer: TextTokenizer, seed: int = 0) -> list[str]:
+    """Each text with its own tokens in a random order (deterministic in ``seed`` and position)."""
+    out = []
+    for i, text in enumerate(texts):
+        ids = list(tokenizer.encode(text))
+        random.Random(seed + i).shuffle(ids)
+        out.append(tokenizer.decode(ids))
+    return out
+
+
 def read_samples(path: Path) -> list[SampleRecord]:
     """``samples.jsonl``: one SampleRecord per line (extra keys are ignored)."""
     path = Path(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from elfkit.errors import RecipeError
-from elfkit.pipeline.checkpoint import atomic_write_text
+from elfkit.fileio import atomic_write_text
 
 # recipe sections that do not change what training produces
 NON_TRAINING_KEYS = ("name", "description", "sample", "eval", "sweep", "plugins")

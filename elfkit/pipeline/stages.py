@@ -23,13 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from elfkit.components.datasets.base import default_cache_dir
 from elfkit.errors import CheckpointError, DataError, ElfkitError, RecipeError
+from elfkit.fileio import atomic_write_text
 from elfkit.pipeline.build import Components, build_components, sampling_time
-from elfkit.pipeline.checkpoint import atomic_write_text, load_checkpoint
+from elfkit.pipeline.checkpoint import load_checkpoint
 from elfkit.pipeline.rundir import RunDir, fingerprint, training_fingerprint
 from elfkit.recipe.load import apply_overrides, dump_yaml, load_recipe, resolved_dict, validate_recipe
 from elfkit.recipe.schema import Recipe
+from elfkit.records import SampleRecord
 from elfkit.registry import Registry, default_registry
-from elfkit.types import SampleRecord
 
 
 def _console(console: Console | None) -> Console:
@@ -90,8 +91,8 @@ def subset_train(splits, limit: int, seed: int):
 # ----------------------------------------------------------------------------------------
 def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
     """Train (or resume, or skip if finished); returns the last checkpoint."""
-    from elfkit.data.train_data import make_train_data
-    from elfkit.train.loop import fit
+    from elfkit.pipeline.train.data import make_train_data
+    from elfkit.pipeline.train.loop import fit
 
     console = _console(console)
     run = RunDir(Path(run_dir))
@@ -171,7 +172,7 @@ def _sampling_fingerprint(recipe: Recipe, checkpoint: Path, step: int, engine: P
 
 def _runner(trained: Trained, engine: Path | None, device: torch.device):
     if engine is not None:
-        from elfkit.export import load_runner
+        from elfkit.components.exporters import load_runner
         return load_runner(engine, device=device, registry=trained.components.registry)
     from elfkit.components.backbones import EagerRunner
     return EagerRunner(trained.components.backbone.to(device))
@@ -191,8 +192,8 @@ def _conditions(trained: Trained):
 def generate_records(trained: Trained, *, engine: Path | None = None, console: Console | None = None,
                      device: str | torch.device = "cpu") -> list[SampleRecord]:
     """All samples for every seed in ``recipe.sample.seeds``."""
-    from elfkit.data.embedding import embed_batch
     from elfkit.generation import Condition, generate, postprocess
+    from elfkit.pipeline.train.latents import embed_batch
 
     console = _console(console)
     recipe, c = trained.recipe, trained.components
@@ -290,7 +291,7 @@ def _sample_overrides(recipe: Recipe) -> list[str]:
 def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
     """prepare → train → sample → evaluate → report; returns report.md."""
     from elfkit.pipeline.evaluate import evaluate_stage
-    from elfkit.pipeline.report import write_report
+    from elfkit.pipeline.report.document import write_report
 
     console = _console(console)
     run = RunDir(Path(run_dir))
@@ -337,7 +338,7 @@ def evaluate_samples_file(samples: Path, recipe_path: Path | None, overrides: Se
 def export_checkpoint(checkpoint: Path, fmt: str, *, precision: str, batch: str, seq: str | None,
                       out_dir: Path | None, plugin_files: Sequence[str] = (), console: Console | None = None) -> Path:
     """Export the checkpoint's (EMA) denoiser; returns the manifest after the parity check passed."""
-    from elfkit.export import export_backbone, parse_range, spec_from_recipe
+    from elfkit.components.exporters import export_backbone, parse_range, spec_from_recipe
 
     trained = load_trained(checkpoint, plugin_files=plugin_files)
     overrides: dict[str, Any] = {"precision": precision, "batch": parse_range(batch, "--batch")}

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from elfkit.errors import RecipeError
-from elfkit.eval.aggregate import MetricRow
-from elfkit.eval.plots import frontier_plot
-from elfkit.eval.table import GPT2_ENTROPY_JUDGE, FrontierPoint, fmt, frontier_point, md_table, pick
-from elfkit.pipeline.checkpoint import atomic_write_text
+from elfkit.fileio import atomic_write_text
 from elfkit.pipeline.evaluate import evaluate_stage, read_metrics
-from elfkit.pipeline.report import write_report
+from elfkit.pipeline.report.aggregate import MetricRow
+from elfkit.pipeline.report.document import write_report
+from elfkit.pipeline.report.plots import frontier_plot
+from elfkit.pipeline.report.table import GPT2_ENTROPY_JUDGE, FrontierPoint, fmt, frontier_point, md_table, pick
 from elfkit.pipeline.rundir import fingerprint, training_fingerprint
 from elfkit.recipe.load import canonical_key, dump_yaml, load_recipe, resolved_dict
 from elfkit.recipe.schema import Recipe

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from elfkit.contracts import Embedder, TextTokenizer
 from elfkit.testing._build import ConformanceError, fail
-from elfkit.types import Embedder, TextTokenizer
 
 TEXTS = ("hello world", "the cat sat on the mat.", "a b c")
 

@@ -28,9 +28,9 @@ from pydantic import BaseModel
 from elfkit.components.samplers.euler import EulerConfig, EulerSampler
 from elfkit.components.targets import TargetConfig, XTarget
 from elfkit.core.flow import FlowPath
+from elfkit.records import Prediction
 from elfkit.testing._build import ConformanceError, builder, check_unchanged, fail, snapshot
 from elfkit.testing.stubs import StubRunner
-from elfkit.types import Prediction
 
 MODEL_KINDS = {  # name: (self_conditioning, guidance_tokens)
     "ELF (w tokens + self-cond)": (True, True),
@@ -55,7 +55,7 @@ def _setup(self_conditioning: bool, guidance_tokens: bool):
 
 def _check_prediction(where: str, pred: Any, z: torch.Tensor, t: torch.Tensor, cond) -> None:
     if not isinstance(pred, Prediction):
-        raise fail("prediction", f"{where}: the denoiser must return elfkit.types.Prediction, got "
+        raise fail("prediction", f"{where}: the denoiser must return elfkit.records.Prediction, got "
                                  f"{type(pred).__name__}")
     for name in ("x", "eps", "v"):
         value = getattr(pred, name)

@@ -41,10 +41,11 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
+from elfkit.contracts import Denoiser, Sampler
 from elfkit.core import flow
+from elfkit.records import Prediction, SamplerOutput
 from elfkit.testing._build import ConformanceError, builder, check_unchanged, fail, snapshot
 from elfkit.testing.toy import GaussianToy
-from elfkit.types import Denoiser, Prediction, Sampler, SamplerOutput
 
 TOY = GaussianToy()
 
@@ -95,7 +96,7 @@ def _run(sampler: Sampler, denoiser: Denoiser, z: Tensor, grid: Tensor, seed: in
     gen = None if seed is None else _gen(seed, z.device)
     out = sampler(denoiser, z, grid, noise_scale=noise_scale, generator=gen)
     if not isinstance(out, SamplerOutput):
-        raise fail("protocol", f"a sampler must return elfkit.types.SamplerOutput, got {type(out).__name__}")
+        raise fail("protocol", f"a sampler must return elfkit.contracts.SamplerOutput, got {type(out).__name__}")
     return out
 
 
@@ -105,7 +106,7 @@ def _run(sampler: Sampler, denoiser: Denoiser, z: Tensor, grid: Tensor, seed: in
 def _check_protocol(sampler: Any) -> None:
     if not isinstance(sampler, Sampler):
         raise fail("protocol", f"{type(sampler).__name__} lacks `steps`, `nfe` or `__call__` "
-                               "(see elfkit.types.Sampler)")
+                               "(see elfkit.contracts.Sampler)")
     if not isinstance(sampler.steps, int) or isinstance(sampler.steps, bool) or sampler.steps < 1:
         raise fail("protocol", f"`steps` must be a positive int, got {sampler.steps!r}")
     for k in (1, 2, 5, sampler.steps):

@@ -1,4 +1,4 @@
-"""A tiny deterministic :class:`~elfkit.types.ModelRunner` for tests that need no real backbone.
+"""A tiny deterministic :class:`~elfkit.contracts.ModelRunner` for tests that need no real backbone.
 
 ``StubRunner`` is a fixed random map ``tanh(z·A + slot·C + t·b + w·e)`` (denoise) and
 ``z·Eᵀ + w·f`` (decode). It enforces the runner contract — a self-cond slot only if the
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from elfkit.types import ModelCapabilities
+from elfkit.records import ModelCapabilities
 
 
 @dataclass

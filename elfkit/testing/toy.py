@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from elfkit.contracts import Denoiser
 from elfkit.core import flow
 from elfkit.core.flow import FlowPath
-from elfkit.types import Denoiser, Prediction
+from elfkit.records import Prediction
 
 
 @dataclass(frozen=True)

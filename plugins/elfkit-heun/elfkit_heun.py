@@ -25,7 +25,8 @@ from torch import Tensor
 
 from elfkit import hookimpl
 from elfkit.components.samplers.base import SamplerConfig, as_grid, batch_time
-from elfkit.types import Denoiser, SamplerOutput
+from elfkit.contracts import Denoiser
+from elfkit.records import SamplerOutput
 
 __version__ = "0.1.0"
 

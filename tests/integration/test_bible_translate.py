@@ -23,7 +23,7 @@ TINY = ["backbone.depth=1", "backbone.width=64", "backbone.heads=1", "backbone.b
 def _spanish_module(cache: Path) -> None:
     """Fetch (or reuse) the Reina-Valera module the recipe needs; skip when this machine cannot."""
     pytest.importorskip("pythonbible")
-    from elfkit.data.sources import sword
+    from elfkit.components.datasets.sources import sword
     from elfkit.errors import DataError
 
     shared = Path(os.environ.get("ELFKIT_CACHE", Path.home() / ".cache" / "elfkit")).expanduser() / "sword"

@@ -20,8 +20,8 @@ COMMON = dict(lr=2e-3, warmup_steps=2, checkpoint_every=100, n=64, cond_len=2, l
 
 
 def _worker(run_dir: str, steps: int, parallel: str, table: str = "frozen") -> None:
-    from elfkit.train import fit
-    from tests.unit.train_fixtures import make_components
+    from elfkit.pipeline.train.loop import fit
+    from tests.fixtures.train_fixtures import make_components
     comps, data = make_components(steps=steps, batch_size=8, grad_accum=1, parallel=parallel, table=table, **COMMON)
     fit(comps, data, Path(run_dir))
 
@@ -48,8 +48,8 @@ def _torchrun(run_dir: Path, steps: int, parallel: str, table: str = "frozen") -
 def single_process(tmp_path_factory) -> dict:
     """The reference: one process, micro-batch 4, 2 accumulation steps (global batch 8)."""
     from elfkit.pipeline.checkpoint import load_checkpoint
-    from elfkit.train import fit
-    from tests.unit.train_fixtures import make_components
+    from elfkit.pipeline.train.loop import fit
+    from tests.fixtures.train_fixtures import make_components
     run_dir = tmp_path_factory.mktemp("single")
     comps, data = make_components(steps=6, batch_size=4, grad_accum=2, **COMMON)
     fit(comps, data, run_dir)
@@ -76,7 +76,7 @@ def test_ddp_two_ranks_match_accumulated_single_process(tmp_path, single_process
 @pytest.mark.slow
 def test_ddp_resume_continues_from_checkpoint(tmp_path, single_process) -> None:
     from elfkit.pipeline.checkpoint import load_checkpoint
-    from elfkit.train import read_log
+    from elfkit.pipeline.train.monitor import read_log
     _torchrun(tmp_path, 3, "ddp")
     _torchrun(tmp_path, 6, "ddp")     # same run dir, longer schedule: resumes at step 3
     events = [(r["event"], r["step"]) for r in read_log(tmp_path) if "event" in r]
@@ -89,8 +89,8 @@ def test_ddp_syncs_a_learned_table_tied_to_the_unembedding(tmp_path) -> None:
     """The tied table gets gradient from the latents (outside DDP's forward) and the logits; DDP
     must all-reduce the sum once, exactly as one process accumulating both micro-batches."""
     from elfkit.pipeline.checkpoint import load_checkpoint
-    from elfkit.train import fit
-    from tests.unit.train_fixtures import make_components
+    from elfkit.pipeline.train.loop import fit
+    from tests.fixtures.train_fixtures import make_components
     comps, data = make_components(steps=3, batch_size=4, grad_accum=2, table="tied", **COMMON)
     fit(comps, data, tmp_path / "single")
     _torchrun(tmp_path / "ddp", 3, "ddp", "tied")

@@ -10,8 +10,7 @@ from elfkit import hookimpl
 from elfkit.config import ComponentConfig
 from elfkit.errors import RegistryError
 from elfkit.registry import KINDS, build_registry, load_file_plugin
-
-from . import fake_components
+from tests.fixtures import fake_components
 
 
 def test_builtins_register_through_the_hook():

@@ -37,7 +37,7 @@ from elfkit.components.backbones.layers import (
 )
 from elfkit.config import ComponentConfig
 from elfkit.errors import ElfkitError, RecipeError
-from elfkit.types import BackboneOutput, ModelCapabilities
+from elfkit.records import BackboneOutput, ModelCapabilities
 
 PRESETS: dict[str, dict[str, int]] = {
     "ELF-B": {"depth": 12, "width": 768, "heads": 12},

@@ -1,4 +1,4 @@
-"""The two calls generation makes, on an eager backbone (the :class:`~elfkit.types.ModelRunner`).
+"""The two calls generation makes, on an eager backbone (the :class:`~elfkit.contracts.ModelRunner`).
 
 ``EagerRunner`` is what samplers use by default; exporters trace ``DenoiseModule`` and
 ``DecodeModule`` (plain ``nn.Module`` s with tensor-only signatures, ``torch.export``-able)
@@ -13,7 +13,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
-from elfkit.types import ModelCapabilities
+from elfkit.records import ModelCapabilities
 
 
 def _decode_forward(backbone: nn.Module, z: Tensor, guidance: Tensor | None) -> Tensor:
@@ -28,7 +28,7 @@ def _decode_forward(backbone: nn.Module, z: Tensor, guidance: Tensor | None) -> 
 
 
 class EagerRunner:
-    """:class:`~elfkit.types.ModelRunner` over an in-memory backbone.
+    """:class:`~elfkit.contracts.ModelRunner` over an in-memory backbone.
 
     Args:
         backbone: an ELF-compatible backbone (``forward(z, t, *, self_cond, guidance, decode)``,

@@ -1,5 +1,5 @@
 """Built-in datasets. Each builds from its config; ``load(tokenizer, cache_dir=None)`` returns
-:class:`elfkit.data.splits.DataSplits` (the tokenizer is the embedder's)."""
+:class:`elfkit.components.datasets.splits.DataSplits` (the tokenizer is the embedder's)."""
 
 from __future__ import annotations
 

@@ -15,11 +15,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from elfkit.components.datasets.collate import Collator
+from elfkit.components.datasets.splits import DataSplits
 from elfkit.config import ComponentConfig
-from elfkit.data.collate import Collator
-from elfkit.data.splits import DataSplits
+from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError
-from elfkit.types import TextTokenizer
 
 
 def default_cache_dir() -> Path:

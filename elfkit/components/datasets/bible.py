@@ -26,12 +26,12 @@ from typing import Literal
 from pydantic import Field
 
 from elfkit.components.datasets.base import ConditionalConfig, TextDataset, UnconditionalConfig
-from elfkit.data.sources import bible as pb_source
-from elfkit.data.sources import sword
-from elfkit.data.splits import DataSplits, EvalPair
-from elfkit.data.text import chunk_ids, encode_many, pair_example
+from elfkit.components.datasets.sources import bible as pb_source
+from elfkit.components.datasets.sources import sword
+from elfkit.components.datasets.splits import DataSplits, EvalPair
+from elfkit.components.datasets.text import chunk_ids, encode_many, pair_example
+from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError
-from elfkit.types import TextTokenizer
 
 SPLIT_VERSION = "bible-split-v1"
 

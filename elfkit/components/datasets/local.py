@@ -16,11 +16,11 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from elfkit.components.datasets.base import DatasetConfig, TextDataset
-from elfkit.data.hub import load_local
-from elfkit.data.splits import DataSplits, EvalPair
-from elfkit.data.text import chunk_ids, encode_many, leading_text, tokenize_and_chunk, tokenize_pairs
+from elfkit.components.datasets.hub import load_local
+from elfkit.components.datasets.splits import DataSplits, EvalPair
+from elfkit.components.datasets.text import chunk_ids, encode_many, leading_text, tokenize_and_chunk, tokenize_pairs
+from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError
-from elfkit.types import TextTokenizer
 
 
 class LocalConfig(DatasetConfig):

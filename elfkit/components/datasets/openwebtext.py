@@ -7,11 +7,11 @@ from pathlib import Path
 from pydantic import Field
 
 from elfkit.components.datasets.base import TextDataset, UnconditionalConfig, require_t5_ids
-from elfkit.data.hub import load_hub, load_local
-from elfkit.data.splits import DataSplits
-from elfkit.data.text import chunk_ids, encode_many, leading_text, tokenize_and_chunk
+from elfkit.components.datasets.hub import load_hub, load_local
+from elfkit.components.datasets.splits import DataSplits
+from elfkit.components.datasets.text import chunk_ids, encode_many, leading_text, tokenize_and_chunk
+from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError
-from elfkit.types import TextTokenizer
 
 
 class OpenWebTextConfig(UnconditionalConfig):

@@ -22,11 +22,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from elfkit.components.datasets.base import ConditionalConfig, TextDataset, require_t5_ids
-from elfkit.data.hub import load_hub, load_local
-from elfkit.data.splits import DataSplits, EvalPair
-from elfkit.data.text import tokenize_pairs
+from elfkit.components.datasets.hub import load_hub, load_local
+from elfkit.components.datasets.splits import DataSplits, EvalPair
+from elfkit.components.datasets.text import tokenize_pairs
+from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError
-from elfkit.types import TextTokenizer
 
 
 class PairDatasetConfig(ConditionalConfig):

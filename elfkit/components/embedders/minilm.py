@@ -23,11 +23,11 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from elfkit.components._hf import quiet_transformers
+from elfkit.components.datasets.collate import pairwise_mask, sequence_masks
 from elfkit.components.embedders.base import EncoderConfig, FrozenEncoder, additive_mask
-from elfkit.data.collate import pairwise_mask, sequence_masks
-from elfkit.data.tokenizers import minilm_dir, minilm_tokenizer
+from elfkit.components.embedders.tokenizers import minilm_dir, minilm_tokenizer
 from elfkit.errors import DataError, ElfkitError, MissingDependencyError
-from elfkit.hf import quiet_transformers
 
 MINILM_LATENT_STD = 0.25
 

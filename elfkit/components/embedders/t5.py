@@ -18,11 +18,11 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from elfkit.components._hf import quiet_transformers
+from elfkit.components.datasets.collate import pairwise_mask, sequence_masks
 from elfkit.components.embedders.base import EncoderConfig, FrozenEncoder, additive_mask
-from elfkit.data.collate import pairwise_mask, sequence_masks
-from elfkit.data.tokenizers import TransformersTokenizer, load_tokenizer
+from elfkit.components.embedders.tokenizers import TransformersTokenizer, load_tokenizer
 from elfkit.errors import DataError, HubUnreachableError, MissingDependencyError
-from elfkit.hf import quiet_transformers
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from elfkit.components.embedders.base import LatentNormConfig
-from elfkit.data.tokenizers import load_tokenizer, minilm_dir, minilm_tokenizer
+from elfkit.components.embedders.tokenizers import load_tokenizer, minilm_dir, minilm_tokenizer
 from elfkit.errors import DataError
 
 

@@ -1,30 +1,17 @@
-"""The evaluator contract and the checks every evaluator shares."""
+"""The checks every evaluator shares (the contract is :class:`~elfkit.contracts.Evaluator`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Protocol, runtime_checkable
 
+from elfkit.contracts import Evaluator
 from elfkit.errors import DataError
-from elfkit.types import MetricRecord, SampleRecord
+from elfkit.records import SampleRecord
+
+__all__ = ["NO_MODEL", "Evaluator", "references_for", "seed_of"]
 
 NO_MODEL = "n/a"
 """``precision`` of records computed without a model (counts, string matching)."""
-
-
-@runtime_checkable
-class Evaluator(Protocol):
-    """``evaluator(samples, references=None) -> list[MetricRecord]`` for ONE seed's samples.
-
-    Every record names the judge (model or scorer), its precision, the sample count and the
-    seed. ``needs_references`` says whether the evaluator compares against references (BLEU,
-    ROUGE); those are skipped for the real/shuffled reference rows.
-    """
-
-    needs_references: ClassVar[bool]
-
-    def __call__(self, samples: list[SampleRecord], *,
-                 references: list[str] | None = None) -> list[MetricRecord]: ...
 
 
 def seed_of(samples: Sequence[SampleRecord], evaluator: str) -> int:

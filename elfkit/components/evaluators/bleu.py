@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from elfkit.components.evaluators.base import NO_MODEL, references_for, seed_of
+from elfkit.components.evaluators.metrics import corpus_bleu
 from elfkit.config import ComponentConfig
-from elfkit.eval.metrics import corpus_bleu
-from elfkit.types import MetricRecord, SampleRecord
+from elfkit.records import MetricRecord, SampleRecord
 
 SCORER = "sacrebleu-13a-lowercase"
 

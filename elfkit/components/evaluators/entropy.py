@@ -13,12 +13,13 @@ from typing import ClassVar
 from pydantic import Field
 
 from elfkit.components.evaluators.base import NO_MODEL, seed_of
+from elfkit.components.evaluators.gen_ppl import retokenise
+from elfkit.components.evaluators.gpt2_bpe import gpt2_tokenizer
+from elfkit.components.evaluators.metrics import mean_unigram_entropy
 from elfkit.config import ComponentConfig
+from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError
-from elfkit.eval.genppl import retokenise
-from elfkit.eval.gpt2_bpe import gpt2_tokenizer
-from elfkit.eval.metrics import mean_unigram_entropy
-from elfkit.types import MetricRecord, SampleRecord, TextTokenizer
+from elfkit.records import MetricRecord, SampleRecord
 
 
 class EntropyConfig(ComponentConfig):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from elfkit.components.evaluators.base import NO_MODEL, references_for, seed_of
+from elfkit.components.evaluators.metrics import rouge_f1
 from elfkit.config import ComponentConfig
-from elfkit.eval.metrics import rouge_f1
-from elfkit.types import MetricRecord, SampleRecord
+from elfkit.records import MetricRecord, SampleRecord
 
 SCORER = "rouge_score-stemmed"
 

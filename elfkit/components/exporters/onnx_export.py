@@ -2,7 +2,7 @@
 
 ``torch.onnx.export(program, dynamo=True)`` keeps the shared ``batch``/``seq`` dims as
 symbolic axes. Inputs and outputs are fp32; fp16/bf16 live inside the graph as explicit
-casts (see :mod:`elfkit.export.trace`). bf16 is refused on CPU: onnxruntime's CPU
+casts (see :mod:`elfkit.components.exporters.trace`). bf16 is refused on CPU: onnxruntime's CPU
 provider has no bf16 MatMul.
 Needs the ``export`` extra: ``pip install "elfkit[export]"`` (onnx, onnxscript, onnxruntime).
 """
@@ -20,13 +20,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from elfkit.components.exporters.build import Built, export_artifact
+from elfkit.components.exporters.manifest import capabilities_from, read_manifest
+from elfkit.components.exporters.runner import ArtifactRunner
+from elfkit.components.exporters.spec import DTYPES, DimRange, ExportSpec
+from elfkit.components.exporters.trace import DECODE_INPUTS, DENOISE_INPUTS, TracedBackbone, quiet_torch_deprecations
 from elfkit.config import ComponentConfig
 from elfkit.errors import ExportError, MissingDependencyError
-from elfkit.export.build import Built, export_artifact
-from elfkit.export.manifest import capabilities_from, read_manifest
-from elfkit.export.runner import ArtifactRunner
-from elfkit.export.spec import DTYPES, DimRange, ExportSpec
-from elfkit.export.trace import DECODE_INPUTS, DENOISE_INPUTS, TracedBackbone, quiet_torch_deprecations
 
 INSTALL = 'pip install "elfkit[export]"  (onnx, onnxscript, onnxruntime)'
 

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from elfkit.components.exporters.build import Built, export_artifact
+from elfkit.components.exporters.manifest import capabilities_from, read_manifest
+from elfkit.components.exporters.runner import ArtifactRunner
+from elfkit.components.exporters.spec import DTYPES, DimRange, ExportSpec
+from elfkit.components.exporters.trace import TracedBackbone, quiet_torch_deprecations
 from elfkit.config import ComponentConfig
 from elfkit.errors import ExportError
-from elfkit.export.build import Built, export_artifact
-from elfkit.export.manifest import capabilities_from, read_manifest
-from elfkit.export.runner import ArtifactRunner
-from elfkit.export.spec import DTYPES, DimRange, ExportSpec
-from elfkit.export.trace import TracedBackbone, quiet_torch_deprecations
 
 
 class TorchExportConfig(ComponentConfig):

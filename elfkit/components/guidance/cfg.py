@@ -16,7 +16,8 @@ from torch import Tensor
 from elfkit.components.guidance.base import ModelEvaluation, token
 from elfkit.components.guidance.self_cond import self_cond_passes, self_cond_prediction
 from elfkit.config import ComponentConfig
-from elfkit.types import Denoiser, ModelCapabilities, Prediction
+from elfkit.contracts import Denoiser
+from elfkit.records import ModelCapabilities, Prediction
 
 
 class CfgConfig(ComponentConfig):

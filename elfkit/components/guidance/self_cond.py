@@ -14,7 +14,8 @@ from torch import Tensor
 
 from elfkit.components.guidance.base import ModelEvaluation, token
 from elfkit.config import ComponentConfig
-from elfkit.types import Denoiser, ModelCapabilities, Prediction
+from elfkit.contracts import Denoiser
+from elfkit.records import ModelCapabilities, Prediction
 
 
 class SelfCondConfig(ComponentConfig):

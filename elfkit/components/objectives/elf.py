@@ -32,11 +32,11 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from elfkit.components.objectives.base import ObjectiveOutput, deterministic, is_sharded, unwrap
-from elfkit.components.targets import Target, guided_target
+from elfkit.components.objectives.guided import guided_target, log_uniform_guidance
+from elfkit.components.targets import Target
 from elfkit.config import ComponentConfig
 from elfkit.core.flow import FlowPath
-from elfkit.core.time import log_uniform_guidance
-from elfkit.types import Batch
+from elfkit.records import Batch
 
 
 class ElfObjectiveConfig(ComponentConfig):

@@ -1,6 +1,6 @@
 """What every sampler shares: the ``steps`` config field and the small tensor chores.
 
-Samplers are stateless (see :class:`elfkit.types.Sampler`): everything a run needs — the
+Samplers are stateless (see :class:`elfkit.contracts.Sampler`): everything a run needs — the
 denoiser, the start latent, the time grid, the noise scale and the generator — arrives as
 arguments, so these helpers are pure functions. Plugins may import them.
 """

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from elfkit.components.samplers.base import SamplerConfig, as_grid, batch_time
-from elfkit.types import Denoiser, SamplerOutput
+from elfkit.contracts import Denoiser
+from elfkit.records import SamplerOutput
 
 
 class EulerConfig(SamplerConfig):

@@ -23,7 +23,8 @@ from pydantic import Field
 from torch import Tensor
 
 from elfkit.components.samplers.base import SamplerConfig, as_grid, batch_time, fresh_noise
-from elfkit.types import Denoiser, SamplerOutput
+from elfkit.contracts import Denoiser
+from elfkit.records import SamplerOutput
 
 
 class SdeConfig(SamplerConfig):

@@ -22,8 +22,8 @@ from types import ModuleType
 
 import torch
 
+from elfkit.components.exporters.runner import TENSORRT_INSTALL
 from elfkit.errors import MissingDependencyError
-from elfkit.export.runner import TENSORRT_INSTALL
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from elfkit.components.exporters.build import Built, export_artifact
+from elfkit.components.exporters.manifest import capabilities_from, read_manifest
+from elfkit.components.exporters.runner import ArtifactRunner
+from elfkit.components.exporters.spec import DTYPES, DimRange, ExportSpec
+from elfkit.components.exporters.trace import DECODE_INPUTS, DENOISE_INPUTS, TracedBackbone
 from elfkit.config import ComponentConfig
 from elfkit.errors import ExportError
-from elfkit.export.build import Built, export_artifact
-from elfkit.export.manifest import capabilities_from, read_manifest
-from elfkit.export.runner import ArtifactRunner
-from elfkit.export.spec import DTYPES, DimRange, ExportSpec
-from elfkit.export.trace import DECODE_INPUTS, DENOISE_INPUTS, TracedBackbone
 from elfkit_tensorrt._import import require_torch_tensorrt
 
 # Compiler options elfkit sets itself (or that do nothing on the dynamo path since 2.13).

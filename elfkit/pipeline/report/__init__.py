@@ -1,0 +1,1 @@
+"""The report: metrics tables, plots, multi-seed aggregation and ``report.md``."""

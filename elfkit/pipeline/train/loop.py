@@ -1,0 +1,299 @@
+"""``fit``: train a backbone with a recipe's objective, resumably, on one process or under torchrun.
+
+One optimiser step = ``grad_accum`` micro-batches per rank of ``batch_size/world_size`` rows;
+the LR follows ``blr·batch_size·grad_accum/256``. Every micro-batch draws its noise from a
+generator seeded by (recipe seed, step, global micro-batch index ``a·world_size + rank``), so
+a resumed run continues exactly where it stopped, and 2 ranks × 1 micro-batch draw the
+same numbers as 1 rank × 2 accumulated micro-batches.
+
+Stops cleanly (checkpoint, then return) at ``train.steps``, on SIGTERM or a first Ctrl-C
+(a second Ctrl-C aborts at once), and after ``train.max_minutes``. Rerunning the same call
+resumes from ``run_dir/checkpoints/last.pt``; a finished run returns immediately.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from elfkit.contracts import TrainData
+from elfkit.errors import DataError, RecipeError
+from elfkit.pipeline.build import Components
+from elfkit.pipeline.train import distributed as dist_utils
+from elfkit.pipeline.train import state as ckpt
+from elfkit.pipeline.train.ema import EMA
+from elfkit.pipeline.train.monitor import Monitor
+from elfkit.pipeline.train.optimizers import build_optimizer, build_scheduler, clip_grad_norm, resolve_lr
+from elfkit.recipe.load import resolved_dict
+from elfkit.records import Batch
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """``checkpoint``: last.pt (None if nothing was saved); ``steps``: optimiser steps done in
+    total; ``final_loss``: mean loss of the last step; ``tokens_per_s``: global throughput of
+    this invocation; ``stopped``: 'completed', 'already-done', 'interrupted' or 'time-limit'."""
+
+    checkpoint: Path | None
+    steps: int
+    final_loss: float | None
+    tokens_per_s: float
+    stopped: str
+
+
+def micro_seed(seed: int, step: int, micro_index: int) -> int:
+    """Seed of one micro-batch's generator (well mixed; independent of world size and accumulation split)."""
+    return int(np.random.SeedSequence([seed, step, micro_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class _StopFlag:
+    """SIGTERM / first SIGINT → finish the step, checkpoint, return. Second SIGINT → KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.reason == "interrupted":
+            raise KeyboardInterrupt
+        self.reason = "interrupted"
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _stream(data: TrainData, progress: ckpt.Progress, *, batch_size: int, seed: int,
+            info: dist_utils.DistInfo) -> Iterator[Batch]:
+    """This rank's micro-batches from the saved position on, across epochs (updates ``progress``)."""
+    while True:
+        it = data.batches(progress.epoch, batch_size=batch_size, seed=seed, rank=info.rank,
+                          world_size=info.world_size)
+        yielded = False
+        for b in islice(it, progress.batches_in_epoch, None):
+            yielded = True
+            progress.batches_in_epoch += 1
+            yield b
+        if not yielded and progress.batches_in_epoch == 0:
+            raise DataError(f"the training data yielded no batch of {batch_size} rows for rank {info.rank} "
+                            f"of {info.world_size}; use a smaller train.batch_size or more data")
+        progress.epoch += 1
+        progress.batches_in_epoch = 0
+
+
+def _micro_batch(train: Any, info: dist_utils.DistInfo) -> int:
+    if train.batch_size % info.world_size:
+        raise RecipeError(f"train.batch_size={train.batch_size} is the global batch and must be divisible by "
+                          f"the number of processes ({info.world_size})")
+    return train.batch_size // info.world_size
+
+
+def fit(components: Components, data: TrainData, run_dir: Path, *, console: Console | None = None) -> TrainResult:
+    """Train ``components.backbone`` per ``components.recipe.train``; resumes from ``run_dir`` if possible."""
+    info = dist_utils.setup()
+    try:
+        return _Trainer(components, data, Path(run_dir), info, console).run()
+    finally:
+        dist_utils.teardown(info)
+
+
+class _Trainer:
+    def __init__(self, c: Components, data: TrainData, run_dir: Path, info: dist_utils.DistInfo,
+                 console: Console | None) -> None:
+        self.c, self.data, self.run_dir, self.info, self.console = c, data, run_dir, info, console
+        self.train = c.recipe.train
+        self.micro = _micro_batch(self.train, info)
+        dist_utils.check_parallel(self.train.parallel, self.train.muon.implementation, info)
+        self.device = info.device
+        self.raw: nn.Module = c.backbone.to(self.device)
+        self.capabilities = self.raw.capabilities
+        emb = c.embedder
+        self.embedder_trainable = bool(getattr(emb, "trainable", False))
+        if isinstance(emb, nn.Module):
+            emb.to(self.device)
+            if not self.embedder_trainable:
+                emb.requires_grad_(False).eval()   # never holds gradients or optimiser state
+        if self.train.activation_checkpointing:
+            if not hasattr(self.raw, "enable_activation_checkpointing"):
+                raise RecipeError("train.activation_checkpointing: true, but this backbone has no "
+                                  "enable_activation_checkpointing(); set it to false")
+            self.raw.enable_activation_checkpointing()
+        # A table tied to the unembedding is a backbone parameter: it trains, averages (EMA),
+        # syncs (DDP) and checkpoints with the backbone; only the embedder's other trainable
+        # parameters ("extra") are handled here on their own.
+        own = {id(p) for p in self.raw.parameters()}
+        extra = [(n, p) for n, p in emb.named_parameters(prefix="embedder") if id(p) not in own] if (
+            self.embedder_trainable and isinstance(emb, nn.Module)) else []
+        tied = isinstance(emb, nn.Module) and any(id(p) in own for p in emb.parameters())
+        if (tied or extra) and info.distributed and self.train.parallel == "fsdp":
+            raise RecipeError("train.parallel: fsdp does not support a trainable embedder (it would shard a table "
+                              "tied to the unembedding apart from the embedder, and cannot checkpoint an untied "
+                              "one's optimiser state); use train.parallel: ddp")
+        self.model = dist_utils.wrap(self.raw, self.train.parallel, info)
+        if self.train.compile:
+            self.raw.compile()
+        self.extra_params = [p for _, p in extra]
+        self.optim_view = ckpt.ParamView(self.raw, {"embedder": emb}) if extra else None
+        self.optimizer = build_optimizer(self.raw, self.train, extra=extra)
+        self.scheduler = build_scheduler(self.optimizer, self.train)
+        self.ema = EMA(self.raw, self.train.ema_decay)
+        # Sampling reads EMA weights: an untied trainable embedder gets its own EMA so the
+        # condition latents come from the same average as the backbone (saved as "embedder_ema").
+        self.embedder_ema = EMA(emb, self.train.ema_decay) if self.extra_params else None
+        self.progress = ckpt.Progress()
+        self.generator = torch.Generator(device=self.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _payload(self) -> dict[str, Any] | None:
+        model_sd, optim_sd = ckpt.gather_training_state(self.model, self.optimizer, optim_model=self.optim_view)
+        ema_sd = self.ema.state_dict(self.raw)
+        if not self.info.is_main:
+            return None
+        c = self.c
+        payload = {
+            "recipe": resolved_dict(c.recipe), "model": model_sd, "capabilities": self.capabilities.to_dict(),
+            "step": self.progress.step, "ema": ema_sd, "optimizer": optim_sd,
+            "scheduler": self.scheduler.state_dict(), "epoch": self.progress.epoch,
+            "batches_in_epoch": self.progress.batches_in_epoch, "world_size": self.info.world_size,
+            "micro_batch": self.micro, "loss": self.progress.loss, "rng": ckpt.rng_state(self.device),
+            "target": c.recipe.target.name, "tokenizer": getattr(getattr(c.embedder, "tokenizer", None), "name", None),
+        }
+        if self.embedder_ema is not None:   # untied trainable embedder (a tied table is in model/ema)
+            payload["embedder"] = c.embedder.state_dict()
+            payload["embedder_ema"] = self.embedder_ema.state_dict(c.embedder)
+        return payload
+
+    def save(self) -> Path:
+        payload = self._payload()
+        if payload is not None:
+            ckpt.write(self.run_dir, payload, self.train.keep_checkpoints)
+        dist_utils.barrier(self.info)
+        return ckpt.last_path(self.run_dir)
+
+    def resume(self) -> bool:
+        payload = ckpt.read_last(self.run_dir)
+        if payload is None:
+            return False
+        ckpt.restore_training_state(self.model, self.optimizer, payload, optim_model=self.optim_view)
+        self.ema.load_state_dict(payload["ema"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.embedder_ema is not None and "embedder" in payload:
+            self.c.embedder.load_state_dict(payload["embedder"])
+            if "embedder_ema" in payload:
+                self.embedder_ema.load_state_dict(payload["embedder_ema"])
+        p = ckpt.Progress(payload["step"], payload["epoch"], payload["batches_in_epoch"], payload.get("loss"))
+        old_rows = payload.get("world_size", 1) * payload.get("micro_batch", self.micro)
+        if old_rows != self.info.world_size * self.micro:   # re-express the data position in this layout
+            p.batches_in_epoch = p.batches_in_epoch * old_rows // (self.info.world_size * self.micro)
+        self.progress = p
+        if self.info.world_size == 1 and payload.get("world_size", 1) == 1:
+            ckpt.set_rng_state(payload["rng"], self.device)
+        return True
+
+    # ------------------------------------------------------------------ one optimiser step
+    def _step(self, stream: Iterator[Batch]) -> tuple[dict[str, float], int]:
+        c, train, info = self.c, self.train, self.info
+        self.optimizer.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        tokens = 0
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if train.precision == "bf16" else nullcontext()
+        for a in range(train.grad_accum):
+            batch = next(stream).to(self.device)
+            with torch.no_grad() if not self.embedder_trainable else nullcontext():
+                x0 = self.data.embed(batch).to(self.device)
+            tokens += x0.shape[0] * x0.shape[1]
+            self.generator.manual_seed(micro_seed(c.recipe.seed, self.progress.step, a * info.world_size + info.rank))
+            with dist_utils.grad_sync(self.model, a == train.grad_accum - 1), amp:
+                out = c.objective(self.model, batch, x0, target=c.target, time=c.time, path=c.path,
+                                  generator=self.generator)
+                (out.loss / train.grad_accum).backward()
+            for k, v in out.logs.items():
+                logs[k] = logs.get(k, 0.0) + v / train.grad_accum
+        if self.extra_params and info.distributed:   # trainable embedder sits outside DDP
+            for p in self.extra_params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        logs["grad_norm"] = float(clip_grad_norm(params, train.clip_grad))
+        logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.raw)
+        if self.embedder_ema is not None:
+            self.embedder_ema.update(self.c.embedder)
+        self.progress.step += 1
+        return logs, tokens * info.world_size
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        train, info = self.train, self.info
+        resumed = self.resume()
+        if self.progress.step >= train.steps:
+            return TrainResult(ckpt.last_path(self.run_dir), self.progress.step, self.progress.loss, 0.0,
+                               "already-done")
+        if not resumed or info.world_size > 1:   # dropout etc.: a per-rank stream, reproducible from the step
+            torch.manual_seed(micro_seed(self.c.recipe.seed, self.progress.step, 10_000 + info.rank))
+        self.raw.train(True)
+        stream = _stream(self.data, self.progress, batch_size=self.micro, seed=self.c.recipe.seed, info=info)
+        monitor = Monitor(self.run_dir, train.steps, self.progress.step, enabled=info.is_main, console=self.console)
+        if info.is_main:
+            monitor.log({"event": "resume" if resumed else "start", "step": self.progress.step,
+                         "lr": resolve_lr(train), "world_size": info.world_size, "micro_batch": self.micro})
+        start = last_log = time.perf_counter()
+        tokens_total = tokens_window = 0
+        stopped, last_ckpt = "completed", None
+        try:
+            with _StopFlag() as flag:
+                while self.progress.step < train.steps:
+                    logs, tokens = self._step(stream)
+                    tokens_total += tokens
+                    tokens_window += tokens
+                    self.progress.loss = logs["loss"]
+                    now = time.perf_counter()
+                    reason = flag.reason
+                    if reason is None and train.max_minutes is not None and now - start > 60 * train.max_minutes:
+                        reason = "time-limit"
+                    stop = dist_utils.any_rank(reason is not None, info)
+                    step = self.progress.step
+                    if step % train.log_every == 0 or step == train.steps or stop:
+                        vals = dist_utils.mean_across(list(logs.values()), info)
+                        logs = dict(zip(logs, vals, strict=True))
+                        tps = tokens_window / max(now - last_log, 1e-9)
+                        self.progress.loss = logs["loss"]
+                        monitor.log({"step": step, "epoch": self.progress.epoch, **logs, "tokens_per_s": tps,
+                                     "elapsed_s": now - start})
+                        monitor.update(step, logs["loss"], tps)
+                        last_log, tokens_window = now, 0
+                    else:
+                        monitor.update(step, None if math.isnan(logs["loss"]) else logs["loss"], None)
+                    if stop or step % train.checkpoint_every == 0 or step == train.steps:
+                        last_ckpt = self.save()
+                    if stop:
+                        stopped = reason or "interrupted"
+                        break
+        finally:
+            monitor.close()
+        elapsed = time.perf_counter() - start
+        if info.is_main:
+            monitor.log({"event": stopped, "step": self.progress.step})
+        return TrainResult(last_ckpt, self.progress.step, self.progress.loss, tokens_total / max(elapsed, 1e-9),
+                           stopped)

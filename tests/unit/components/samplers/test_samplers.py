@@ -1,0 +1,170 @@
+"""Built-in samplers: registration, the ELF churn formula, transport on the Gaussian toy, the kit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from elfkit.components.samplers import EulerConfig, EulerSampler, SdeConfig, SdeSampler
+from elfkit.contracts import Sampler
+from elfkit.errors import ElfkitError
+from elfkit.records import Prediction
+from elfkit.registry import build_registry
+from elfkit.testing import GaussianToy, check_sampler
+
+TOY = GaussianToy()
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_registered_with_configs():
+    reg = build_registry(entry_points=False)
+    assert isinstance(reg.build("sampler", "euler", {"steps": 8}), EulerSampler)
+    sde = reg.build("sampler", "sde", {"steps": 32, "gamma": 1.5})
+    assert isinstance(sde, Sampler) and sde.steps == 32 and sde.nfe(32) == 32
+    with pytest.raises(ValidationError):
+        SdeConfig(gamma=-0.1)
+    with pytest.raises(ValidationError):
+        EulerConfig(steps=0)
+    with pytest.raises(ValidationError):
+        EulerConfig(steps=4, gamma=1.0)   # unknown keys are errors
+
+
+def test_bad_grid_is_a_clear_error():
+    with pytest.raises(ElfkitError, match="grid"):
+        EulerSampler(EulerConfig())(TOY.denoiser(), torch.zeros(1, 2, 3), torch.zeros(1), noise_scale=1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# The SDE step is ELF's formula, on fixed tensors
+# ----------------------------------------------------------------------------------------
+def _known_denoiser(log):
+    """Outputs that are simple known functions of the inputs (not a real model)."""
+    def denoise(z, t, self_cond=None):
+        log.append((z.clone(), t.clone(), None if self_cond is None else self_cond.clone()))
+        x = 0.5 * z + t.view(-1, 1, 1)
+        return Prediction(x=x, eps=z - x, v=-z + 2.0 * t.view(-1, 1, 1))
+    return denoise
+
+
+def test_sde_reproduces_the_reference_formula():
+    grid = torch.tensor([0.0, 0.1, 0.35, 0.5, 1.0], dtype=torch.float64)
+    gamma, s = 1.5, 2.0
+    z0 = torch.randn(2, 3, 4, generator=_gen(0), dtype=torch.float64)
+    log = []
+    out = SdeSampler(SdeConfig(steps=4, gamma=gamma))(_known_denoiser(log), z0, grid, noise_scale=s,
+                                                     generator=_gen(42))
+
+    # the same computation written out with python floats, as reference §6.4 states it
+    g = _gen(42)
+    z, x_prev, ts = z0.clone(), None, grid.tolist()
+    for i in range(len(ts) - 2):
+        h = ts[i + 1] - ts[i]
+        alpha = min(max(1.0 - gamma * h, 0.0), 1.0)
+        t_back = alpha * ts[i]
+        eps = torch.randn(z.shape, generator=g, dtype=z.dtype)
+        z_b = alpha * z + (1.0 - alpha) * s * eps
+        assert torch.allclose(log[i][0], z_b) and math.isclose(log[i][1][0].item(), t_back, abs_tol=1e-12)
+        assert (x_prev is None) == (log[i][2] is None)
+        v, x_prev = -z_b + 2.0 * t_back, 0.5 * z_b + t_back
+        z = z_b + (ts[i + 1] - t_back) * v
+    v = -z + 2.0 * ts[-2]                       # last interval: Euler ODE at t_{n-1}
+    z = z + (1.0 - ts[-2]) * v
+    assert len(log) == 4 and math.isclose(log[-1][1][0].item(), ts[-2])
+    assert torch.allclose(out.z, z, atol=1e-12)
+    assert torch.allclose(out.x_hat, 0.5 * log[-1][0] + ts[-2])
+
+
+def test_sde_with_gamma_zero_is_euler_and_one_step_is_a_single_x_hat():
+    grid = torch.tensor([0.0, 0.2, 0.6, 1.0], dtype=torch.float64)
+    z0 = TOY.prior((2, 3), _gen(1))
+    euler = EulerSampler(EulerConfig(steps=3))(TOY.denoiser(), z0, grid, noise_scale=2.0)
+    sde = SdeSampler(SdeConfig(steps=3, gamma=0.0))(TOY.denoiser(), z0, grid, noise_scale=2.0, generator=_gen(0))
+    assert torch.allclose(euler.z, sde.z, atol=1e-12)
+    log = []
+    one = SdeSampler(SdeConfig(steps=1))(_known_denoiser(log), z0, torch.tensor([0.0, 1.0]), noise_scale=2.0,
+                                         generator=_gen(0))
+    assert len(log) == 1 and log[0][1].eq(0).all() and one.nfe == 1
+    assert torch.allclose(one.z, z0 + (-z0))  # z + (1 − 0)·v with v = −z at t = 0
+
+
+def test_euler_last_step_lands_on_x_hat():
+    # x-prediction: z + (1 − t)(x̂ − z)/(1 − t) = x̂ when the last interior time is below 1 − t_eps
+    grid = torch.tensor([0.0, 0.3, 0.55, 1.0], dtype=torch.float64)
+    out = EulerSampler(EulerConfig(steps=3))(TOY.denoiser(), TOY.prior((4, 2), _gen(2)), grid, noise_scale=2.0)
+    assert torch.allclose(out.z, out.x_hat, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# Transport on the closed-form Gaussian toy
+# ----------------------------------------------------------------------------------------
+def _transport(sampler, steps: int, seed: int = 3):
+    z0 = TOY.prior((4096, 2), _gen(seed))
+    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    out = sampler(TOY.denoiser(), z0, grid, noise_scale=TOY.noise_scale, generator=_gen(seed + 1))
+    return TOY.moment_errors(out.z)
+
+
+def test_euler_transports_noise_to_the_gaussian_target():
+    mean_err, std_err = _transport(EulerSampler(EulerConfig()), steps=256)
+    assert mean_err.max() < 0.05 and std_err.abs().max() < 0.02, (mean_err, std_err)
+    # and it is a real first-order method: coarser grids are worse
+    _, coarse = _transport(EulerSampler(EulerConfig()), steps=16)
+    assert coarse.abs().max() > 2 * std_err.abs().max()
+
+
+def test_sde_with_small_churn_transports_noise_to_the_gaussian_target():
+    mean_err, std_err = _transport(SdeSampler(SdeConfig(gamma=0.005)), steps=256)
+    assert mean_err.max() < 0.05 and std_err.abs().max() < 0.03, (mean_err, std_err)
+
+
+def _sde_moments_closed_form(grid: list[float], gamma: float, d: int) -> tuple[float, float]:
+    """Exact mean/variance of the churn sampler on the toy (every step is affine in z and ε)."""
+    mu, var, s = TOY.mean[d], TOY.std[d] ** 2, TOY.noise_scale
+    m, v = 0.0, s * s
+
+    def euler(m, v, t, t_next):       # z' = a·z + b with the exact x̂ and the toy's (tiny) clamp
+        k = t * var / (t * t * var + (1 - t) ** 2 * s * s)
+        c = max(1 - t, TOY.t_eps)
+        a = 1 + (t_next - t) * (k - 1) / c
+        b = (t_next - t) * (mu - k * t * mu) / c
+        return a * m + b, a * a * v
+    n = len(grid) - 1
+    for i in range(n - 1):
+        t, t_next = grid[i], grid[i + 1]
+        alpha = min(max(1 - gamma * (t_next - t), 0.0), 1.0)
+        m, v = alpha * m, alpha ** 2 * v + (1 - alpha) ** 2 * s * s
+        m, v = euler(m, v, alpha * t, t_next)
+    return euler(m, v, grid[-2], grid[-1])
+
+
+def test_elf_churn_is_not_variance_exact_and_matches_its_closed_form():
+    # γ = 1.5 (ELF, 32 steps): the churn contracts the variance; reproduce it, don't fix it.
+    steps, gamma = 32, 1.5
+    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    z0 = TOY.prior((8192, 2), _gen(9))
+    out = SdeSampler(SdeConfig(steps=steps, gamma=gamma))(TOY.denoiser(), z0, grid, noise_scale=TOY.noise_scale,
+                                                          generator=_gen(10))
+    flat = out.z.reshape(-1, TOY.dim)
+    for d in range(TOY.dim):
+        m, v = _sde_moments_closed_form(grid.tolist(), gamma, d)
+        assert abs(flat[:, d].mean().item() - m) < 4 * math.sqrt(v / flat.shape[0]) + 1e-3
+        assert abs(flat[:, d].std().item() / math.sqrt(v) - 1) < 0.04
+        assert math.sqrt(v) < 0.5 * TOY.std[d]      # well below the data std
+
+
+# ----------------------------------------------------------------------------------------
+# The conformance kit on the built-ins
+# ----------------------------------------------------------------------------------------
+def test_euler_passes_the_sampler_kit():
+    assert "transport" in check_sampler(EulerSampler)
+
+
+def test_sde_passes_the_sampler_kit():
+    check_sampler(SdeSampler, SdeConfig(steps=32, gamma=0.01))
+    check_sampler("sde", transport=False)          # ELF's γ = 1.5: every structural check

@@ -1,0 +1,174 @@
+"""Sweeps with fast fake train/sample stages that record their calls (the evaluate stage is real)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from elfkit.errors import RecipeError
+from elfkit.pipeline import evaluate
+from elfkit.pipeline.sweep import parse_grid, run_sweep
+from elfkit.registry import build_registry
+from tests.fixtures import fake_components
+from tests.unit.pipeline.report.test_document import StubPPL, stub_plugin
+
+RECIPE = """\
+name: tiny-sweep
+data: {name: fake-dataset}
+embedder: {name: fake-embedder}
+backbone: {name: fake-backbone}
+objective: {name: fake-objective}
+target: {name: x, loss_space: v}
+sample:
+  sampler: {name: fake-sampler, size: 2}
+  guidance: {name: fake-guidance}
+  seeds: [0, 1]
+eval:
+  evaluators: [{name: stub-ppl}]
+sweep:
+  grid:
+    target: [x, v]
+"""
+
+
+class FakeStages:
+    """train_stage/sample_stage with the real contracts' skip-if-done behaviour, recording calls."""
+
+    def __init__(self, crash_on: str | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.crash_on = crash_on
+
+    def train_stage(self, recipe, run_dir: Path) -> Path:
+        ckpt = Path(run_dir) / "checkpoints" / "last.pt"
+        if ckpt.exists():
+            self.calls.append(("train-skipped", recipe.target.name))
+            return ckpt
+        if recipe.target.name == self.crash_on:
+            raise KeyboardInterrupt("interrupted mid-sweep")
+        self.calls.append(("train", recipe.target.name))
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_text(json.dumps({"target": recipe.target.name}))
+        # like the real stage: held-out texts are written where the data is prepared
+        (Path(run_dir) / "references.jsonl").write_text(json.dumps({"text": "abcdefghij"}) + "\n")
+        return ckpt
+
+    def sample_stage(self, checkpoint: Path, run_dir: Path, recipe) -> Path:
+        out = Path(run_dir) / "samples.jsonl"
+        if out.exists():
+            self.calls.append(("sample-skipped",))
+            return out
+        target = json.loads(Path(checkpoint).read_text())["target"]
+        size = recipe.sample.sampler.config.size
+        self.calls.append(("sample", target, size))
+        # more sampler "steps" → more ordered text → lower stub PPL; target v → more disorder
+        text = "abcdefgh"[: size * 2] + ("zyx" if target == "v" else "")
+        lines = [json.dumps({"text": text[: len(text) - i], "token_ids": [], "seed": s, "index": i})
+                 for s in recipe.sample.seeds for i in range(3)]
+        out.write_text("\n".join(lines) + "\n")
+        return out
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return build_registry(entry_points=False, extra_plugins=[fake_components, stub_plugin])
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    StubPPL.calls.clear()
+    evaluate._REFERENCE_MEMO.clear()
+
+
+def install(monkeypatch, stages: FakeStages) -> None:
+    mod = types.ModuleType("elfkit.pipeline.stages")
+    mod.train_stage = stages.train_stage
+    mod.sample_stage = stages.sample_stage
+    monkeypatch.setitem(sys.modules, "elfkit.pipeline.stages", mod)
+
+
+def write_recipe(tmp_path: Path) -> Path:
+    p = tmp_path / "sweep.yaml"
+    p.write_text(textwrap.dedent(RECIPE))
+    return p
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_by_two_sweep(tmp_path, monkeypatch, registry):
+    stages = FakeStages()
+    install(monkeypatch, stages)
+    out = tmp_path / "out"
+    md = run_sweep(write_recipe(tmp_path), {"sampler.size": [2, 4]}, out, registry=registry)
+
+    # trained once per training setting, sampled once per (training, sampling) setting
+    assert stages.calls == [("train", "x"), ("sample", "x", 2), ("sample", "x", 4),
+                            ("train", "v"), ("sample", "v", 2), ("sample", "v", 4)]
+    rows = read_csv(out / "sweep.csv")
+    assert len(rows) == 4
+    assert list(rows[0]) == ["setting", "target", "sampler.size", "gen_ppl", "gen_ppl_stderr", "entropy",
+                             "entropy_stderr", "seeds"]
+    assert [(r["target"], r["sampler.size"], r["seeds"]) for r in rows] == [
+        ("x", "2", "2"), ("x", "4", "2"), ("v", "2", "2"), ("v", "4", "2")]
+    ppl = {(r["target"], r["sampler.size"]): float(r["gen_ppl"]) for r in rows}
+    assert ppl[("v", "2")] > ppl[("x", "2")]                           # the settings really differ
+    # two seeds of identical samples → zero standard error (not blank: blank means one seed)
+    assert float(rows[0]["gen_ppl_stderr"]) == 0.0
+    # layout: OUT/<train slug>/sampling/<sample slug>/ with metrics and a report each
+    for r in rows:
+        d = out / r["setting"]
+        assert d.parent.name == "sampling" and d.name.startswith("size=")
+        assert d.parent.parent.name.startswith(f"target={r['target']}-")
+        assert (d / "metrics.json").is_file() and (d / "report.md").is_file() and (d / "recipe.yaml").is_file()
+
+    text = md.read_text()
+    table = [ln for ln in text.splitlines() if ln.startswith("| ") and "report.md" in ln]
+    assert len(table) == 4
+    # reference rows come from the training directory's references.jsonl, copied per setting
+    assert "Reference rows" in text and "![Gen. PPL vs entropy](frontier.png)" in text
+    real = [m for m in json.loads((out / rows[0]["setting"] / "metrics.json").read_text()) if m["row"] == "real text"]
+    assert real and real[0]["mean"] == pytest.approx(1.0)             # sorted text: no disorder
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_does_not_retrain_finished_settings(tmp_path, monkeypatch, registry):
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    first = FakeStages(crash_on="v")
+    install(monkeypatch, first)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(recipe, {"sampler.size": [2, 4]}, out, registry=registry)
+    assert first.calls == [("train", "x"), ("sample", "x", 2), ("sample", "x", 4)]
+    evaluated = len(StubPPL.calls)
+
+    second = FakeStages()
+    install(monkeypatch, second)
+    run_sweep(recipe, {"sampler.size": [2, 4]}, out, registry=registry)
+    assert second.calls == [("train-skipped", "x"), ("sample-skipped",), ("sample-skipped",),
+                            ("train", "v"), ("sample", "v", 2), ("sample", "v", 4)]
+    # the finished evaluations were not redone: only v's two settings × two seeds
+    assert len(StubPPL.calls) == evaluated + 4
+    assert len(read_csv(out / "sweep.csv")) == 4
+
+
+def test_grid_keys_and_errors(tmp_path, monkeypatch, registry):
+    keys = parse_grid({"target": ["x"], "guidance.scale": [1, 2], "train.steps": [5]})
+    assert [(k.key, k.sampling) for k in keys] == [
+        ("target.name", False), ("sample.guidance.scale", True), ("train.steps", False)]
+    with pytest.raises(RecipeError, match="non-empty list"):
+        parse_grid({"target": []})
+    with pytest.raises(RecipeError, match="both set"):
+        parse_grid({"target": ["x"], "target.name": ["v"]})
+    # a bad value fails while planning, before anything is trained
+    stages = FakeStages()
+    install(monkeypatch, stages)
+    with pytest.raises(RecipeError, match="nope"):
+        run_sweep(write_recipe(tmp_path), {"sampler.size": [2, "nope"]}, tmp_path / "out", registry=registry)
+    assert stages.calls == []
