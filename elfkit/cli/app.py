@@ -97,7 +97,7 @@ def run(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
         set_: SetOpt = None, out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
         seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
     """Prepare data → train → sample → evaluate → report. Rerun to resume."""
-    from elfkit.pipeline.stages import run_recipe
+    from elfkit.pipeline.run import run_recipe
     r = _load(recipe, set_, plugin, seeds)
     run_dir = _run_dir(r.name, out_dir)
     report = run_recipe(r, run_dir, console=console)
@@ -110,7 +110,7 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")], set_: Se
           out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
           plugin: PluginOpt = None) -> None:
     """Train only (resumes from the run directory's last checkpoint)."""
-    from elfkit.pipeline.stages import train_stage
+    from elfkit.pipeline.train.stage import train_stage
     r = _load(recipe, set_, plugin)
     ckpt = train_stage(r, _run_dir(r.name, out_dir), console=console)
     out.print(f"[green]checkpoint[/]: {ckpt}")
@@ -124,7 +124,7 @@ def sample(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (run
            engine: Annotated[Path | None, typer.Option("--engine", help="Exported artifact dir.")] = None,
            seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
     """Sample from a checkpoint (or from an exported engine of it)."""
-    from elfkit.pipeline.stages import sample_from_checkpoint
+    from elfkit.pipeline.sample import sample_from_checkpoint
     path = sample_from_checkpoint(checkpoint, [*(set_ or []), *_seeds(seeds)], out_dir=out_dir, engine=engine,
                                   plugin_files=_plugins(plugin), console=console)
     out.print(f"[green]samples[/]: {path}")
@@ -137,8 +137,8 @@ def eval_(samples: Annotated[Path, typer.Argument(help="samples.jsonl")],
                                                       "(default: the samples' recipe.yaml).")] = None,
           set_: SetOpt = None, plugin: PluginOpt = None) -> None:
     """Evaluate a samples file with the recipe's evaluators; writes metrics.json beside it."""
-    from elfkit.pipeline.stages import evaluate_samples_file
-    path = evaluate_samples_file(samples, recipe, set_ or [], plugin_files=_plugins(plugin), console=console)
+    from elfkit.pipeline.evaluate import evaluate_samples_file
+    path = evaluate_samples_file(samples, recipe, set_ or [], plugin_files=_plugins(plugin))
     out.print(f"[green]metrics[/]: {path}")
 
 
@@ -190,7 +190,7 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file.")],
            out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact directory.")] = None,
            plugin: PluginOpt = None) -> None:
     """Export the denoiser (denoise + decode modes) and check parity against eager fp32."""
-    from elfkit.pipeline.stages import export_checkpoint
+    from elfkit.pipeline.export import export_checkpoint
     manifest = export_checkpoint(checkpoint, format_, precision=precision, batch=batch, seq=seq, out_dir=out_dir,
                                  plugin_files=_plugins(plugin), console=console)
     out.print(f"[green]exported[/]: {manifest}")

@@ -40,7 +40,7 @@ def build_components(recipe: Recipe, registry: Registry, *, with_dataset: bool =
     """Build every component; the backbone gets the embedder's dimension and vocabulary.
 
     Sequence length: the dataset config's ``max_length``. The unembedding tie is made here,
-    so training, :func:`~elfkit.pipeline.stages.load_trained` (sampling) and export all get it.
+    so training, :func:`~elfkit.pipeline.trained.load_trained` (sampling) and export all get it.
     """
     embedder = registry.build("embedder", recipe.embedder.name, recipe.embedder.config)
     dataset = registry.build("dataset", recipe.data.name, recipe.data.config) if with_dataset else None

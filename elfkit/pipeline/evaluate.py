@@ -39,7 +39,7 @@ from elfkit.errors import DataError, RecipeError
 from elfkit.fileio import atomic_write_text
 from elfkit.pipeline.report.aggregate import MetricRow, aggregate_records
 from elfkit.pipeline.rundir import RunDir, fingerprint
-from elfkit.recipe.load import resolved_dict
+from elfkit.recipe.load import load_recipe, resolved_dict
 from elfkit.recipe.schema import ComponentRef, Recipe
 from elfkit.records import MetricRecord, SampleRecord
 from elfkit.registry import Registry, default_registry
@@ -263,6 +263,19 @@ def evaluate_stage(samples_path: Path, run_dir: Path, recipe: Recipe, registry: 
     write_metrics(rows, run.metrics)
     run.mark_done(STAGE, fp)
     return run.metrics
+
+
+def evaluate_samples_file(samples: Path, recipe_path: Path | None, overrides: Sequence[str], *,
+                          plugin_files: Sequence[str] = ()) -> Path:
+    """``elfkit eval``: score a samples file with a recipe's evaluators (by default the
+    ``recipe.yaml`` beside it); ``metrics.json`` goes beside the samples."""
+    samples = Path(samples)
+    recipe_path = recipe_path or RunDir(samples.parent).recipe
+    if not recipe_path.is_file():
+        raise RecipeError(f"no recipe for {samples}: pass --recipe FILE (looked for {recipe_path})")
+    recipe = load_recipe(recipe_path, overrides, extra_plugins=plugin_files)
+    read_samples(samples)  # clear error on a bad file before loading judges
+    return evaluate_stage(samples, samples.parent, recipe, default_registry(recipe.plugins))
 
 
 def evaluate_texts(texts: Sequence[str], evaluators: Sequence[ComponentRef | str | dict[str, Any]] = ("gen-ppl",),

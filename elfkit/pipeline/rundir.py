@@ -1,6 +1,7 @@
 """The run directory: where every stage reads and writes, and which stages are done.
 
-A person can read it: ``recipe.yaml`` (resolved), ``checkpoints/``, ``train_log.jsonl``,
+A person can read it: ``recipe.yaml`` (resolved), ``checkpoints/`` (laid out by
+:class:`~elfkit.pipeline.checkpoint.CheckpointDir`), ``train_log.jsonl``,
 ``references.jsonl``, ``samples.jsonl``, ``metrics.json``, ``report.md`` and its plots.
 ``stages.json`` records each finished stage with the fingerprint of the settings it used,
 so a rerun skips finished stages and redoes only those whose settings changed.
@@ -16,6 +17,9 @@ from typing import Any
 
 from elfkit.errors import RecipeError
 from elfkit.fileio import atomic_write_text
+from elfkit.pipeline.checkpoint import CheckpointDir
+from elfkit.recipe.load import dump_yaml, resolved_dict
+from elfkit.recipe.schema import Recipe
 
 # recipe sections that do not change what training produces
 NON_TRAINING_KEYS = ("name", "description", "sample", "eval", "sweep", "plugins")
@@ -38,12 +42,12 @@ class RunDir:
         return self.root / "recipe.yaml"
 
     @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+    def checkpoints(self) -> CheckpointDir:
+        return CheckpointDir(self.root / "checkpoints")
 
     @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.pt"
+    def train_log(self) -> Path:
+        return self.root / "train_log.jsonl"
 
     @property
     def samples(self) -> Path:
@@ -64,6 +68,15 @@ class RunDir:
     @property
     def stages_file(self) -> Path:
         return self.root / "stages.json"
+
+    def write_recipe(self, recipe: Recipe) -> dict[str, Any]:
+        """Write the resolved ``recipe.yaml`` (left untouched when it already says the same); returns the dict."""
+        resolved = resolved_dict(recipe)
+        text = dump_yaml(resolved)
+        if not self.recipe.is_file() or self.recipe.read_text(encoding="utf-8") != text:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.recipe, text)
+        return resolved
 
     def stages(self) -> dict[str, Any]:
         if not self.stages_file.exists():
@@ -92,7 +105,7 @@ class RunDir:
     def check_same_training(self, resolved: dict[str, Any]) -> None:
         """Refuse to resume a run directory made by a recipe with other training settings."""
         old = self.stages().get("train-started", {}).get("fingerprint")
-        if old and old != training_fingerprint(resolved) and self.last_checkpoint.exists():
+        if old and old != training_fingerprint(resolved) and self.checkpoints.last.exists():
             raise RecipeError(
                 f"run directory {self.root} holds a run trained with different settings "
                 f"(recipe.yaml there differs from this recipe outside sample/eval). Use --out to pick "

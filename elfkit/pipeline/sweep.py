@@ -20,7 +20,6 @@ entropy, one curve per training setting, the real-text entropy as a reference li
 from __future__ import annotations
 
 import csv
-import importlib
 import itertools
 import json
 import logging
@@ -37,8 +36,10 @@ from elfkit.pipeline.report.aggregate import MetricRow
 from elfkit.pipeline.report.document import write_report
 from elfkit.pipeline.report.plots import frontier_plot
 from elfkit.pipeline.report.table import GPT2_ENTROPY_JUDGE, FrontierPoint, fmt, frontier_point, md_table, pick
-from elfkit.pipeline.rundir import fingerprint, training_fingerprint
-from elfkit.recipe.load import canonical_key, dump_yaml, load_recipe, resolved_dict
+from elfkit.pipeline.rundir import RunDir, fingerprint, training_fingerprint
+from elfkit.pipeline.sample import sample_stage
+from elfkit.pipeline.train.stage import train_stage
+from elfkit.recipe.load import canonical_key, load_recipe, resolved_dict
 from elfkit.recipe.schema import Recipe
 from elfkit.registry import Registry, default_registry
 
@@ -110,24 +111,12 @@ def describe(setting: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------
-# Stages (the lead's, looked up at call time so tests can swap in fakes)
+# Running the settings
 # ----------------------------------------------------------------------------------------
-def _stages() -> Any:
-    return importlib.import_module("elfkit.pipeline.stages")
-
-
-def _write_recipe(recipe: Recipe, run_dir: Path) -> None:
-    path = run_dir / "recipe.yaml"
-    text = dump_yaml(resolved_dict(recipe))
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
-
-
 def _share_references(train_dir: Path, sample_dir: Path) -> None:
     """The held-out texts are written where the data is prepared (the training directory);
     each sampling directory gets a copy so its evaluation can score the reference rows."""
-    src, dst = train_dir / "references.jsonl", sample_dir / "references.jsonl"
+    src, dst = RunDir(train_dir).references, RunDir(sample_dir).references
     if src.is_file() and (not dst.is_file() or dst.read_bytes() != src.read_bytes()):
         atomic_write_text(dst, src.read_text(encoding="utf-8"))
 
@@ -178,18 +167,17 @@ def run_sweep(recipe_path: Path, grid: dict[str, list], out_dir: Path, *, overri
     n = sum(len(p[3]) for p in plan)
     log.info("sweep: %d training setting(s), %d sampled setting(s) in %s", len(plan), n, out_dir)
 
-    stages = _stages()
     results: list[SettingResult] = []
     for tset, t_recipe, t_dir, subs in plan:
         log.info("training setting: %s", describe(tset))
         t_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = stages.train_stage(t_recipe, t_dir)
+        ckpt = train_stage(t_recipe, t_dir)
         write_report(t_dir)  # the training side: loss curve and settings
         for sset, s_recipe, s_dir in subs:
             log.info("sampling setting: %s / %s", describe(tset), describe(sset))
-            _write_recipe(s_recipe, s_dir)
+            RunDir(s_dir).write_recipe(s_recipe)
             _share_references(t_dir, s_dir)
-            samples = stages.sample_stage(ckpt, s_dir, s_recipe)
+            samples = sample_stage(ckpt, s_dir, s_recipe)
             metrics = evaluate_stage(samples, s_dir, s_recipe, registry)
             write_report(s_dir)
             results.append(SettingResult(tset, sset, s_dir, read_metrics(metrics)))

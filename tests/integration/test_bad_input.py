@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from elfkit.errors import CheckpointError
-from elfkit.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from elfkit.pipeline.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 ELFKIT = [sys.executable, "-m", "elfkit.cli.app"]
@@ -51,22 +51,22 @@ def test_corrupt_checkpoint_is_named_and_not_overwritten(tmp_path):
     assert_clean_error(proc, "cannot read checkpoint", str(bad))
     assert bad.read_bytes() == b"this is not a checkpoint"
     with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "missing.pt")
+        Checkpoint.load(tmp_path / "missing.pt")
     torch.save({"weights": 1}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not an elfkit checkpoint"):
-        load_checkpoint(tmp_path / "foreign.pt")
+        Checkpoint.load(tmp_path / "foreign.pt")
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"recipe": {}, "model": {}, "capabilities": {}, "step": 1})
+    Checkpoint(recipe={}, model={}, step=1).save(path)
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(RuntimeError):
-        save_checkpoint(path, {"recipe": {}, "model": {}, "capabilities": {}, "step": 2})
-    assert load_checkpoint(path)["step"] == 1               # the previous file is intact
+        Checkpoint(recipe={}, model={}, step=2).save(path)
+    assert Checkpoint.load(path).step == 1                  # the previous file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
 
 

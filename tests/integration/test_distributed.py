@@ -11,19 +11,24 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from elfkit.pipeline.checkpoint import Checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 COMMON = dict(lr=2e-3, warmup_steps=2, checkpoint_every=100, n=64, cond_len=2, label_drop_every=3)
 
 
 def _worker(run_dir: str, steps: int, parallel: str, table: str = "frozen") -> None:
+    from elfkit.pipeline.rundir import RunDir
     from elfkit.pipeline.train.loop import fit
     from tests.fixtures.train_fixtures import make_components
     comps, data = make_components(steps=steps, batch_size=8, grad_accum=1, parallel=parallel, table=table, **COMMON)
-    fit(comps, data, Path(run_dir))
+    fit(comps, data, RunDir(Path(run_dir)))
 
 
 def _torchrun(run_dir: Path, steps: int, parallel: str, table: str = "frozen") -> None:
@@ -45,66 +50,68 @@ def _torchrun(run_dir: Path, steps: int, parallel: str, table: str = "frozen") -
 
 
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory) -> dict:
+def single_process(tmp_path_factory) -> Checkpoint:
     """The reference: one process, micro-batch 4, 2 accumulation steps (global batch 8)."""
-    from elfkit.pipeline.checkpoint import load_checkpoint
+    from elfkit.pipeline.checkpoint import Checkpoint
+    from elfkit.pipeline.rundir import RunDir
     from elfkit.pipeline.train.loop import fit
     from tests.fixtures.train_fixtures import make_components
-    run_dir = tmp_path_factory.mktemp("single")
+    run = RunDir(tmp_path_factory.mktemp("single"))
     comps, data = make_components(steps=6, batch_size=4, grad_accum=2, **COMMON)
-    fit(comps, data, run_dir)
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    fit(comps, data, run)
+    return Checkpoint.load(run.checkpoints.last)
 
 
-def _assert_same_weights(got: dict, want: dict) -> None:
-    assert got["step"] == want["step"]
+def _assert_same_weights(got: Checkpoint, want: Checkpoint) -> None:
+    assert got.step == want.step
     for key in ("model", "ema"):
-        assert set(got[key]) == set(want[key])
-        for name, t in want[key].items():
-            torch.testing.assert_close(got[key][name], t, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
+        assert set(getattr(got, key)) == set(getattr(want, key))
+        for name, t in getattr(want, key).items():
+            torch.testing.assert_close(getattr(got, key)[name], t, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
 
 
 @pytest.mark.slow
 def test_ddp_two_ranks_match_accumulated_single_process(tmp_path, single_process) -> None:
-    from elfkit.pipeline.checkpoint import load_checkpoint
+    from elfkit.pipeline.checkpoint import Checkpoint
     _torchrun(tmp_path, 6, "ddp")
-    got = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert got["world_size"] == 2 and got["micro_batch"] == 4
+    got = Checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    assert got.world_size == 2 and got.micro_batch == 4
     _assert_same_weights(got, single_process)
 
 
 @pytest.mark.slow
 def test_ddp_resume_continues_from_checkpoint(tmp_path, single_process) -> None:
-    from elfkit.pipeline.checkpoint import load_checkpoint
+    from elfkit.pipeline.checkpoint import Checkpoint
     from elfkit.pipeline.train.monitor import read_log
     _torchrun(tmp_path, 3, "ddp")
     _torchrun(tmp_path, 6, "ddp")     # same run dir, longer schedule: resumes at step 3
     events = [(r["event"], r["step"]) for r in read_log(tmp_path) if "event" in r]
     assert events == [("start", 0), ("completed", 3), ("resume", 3), ("completed", 6)]
-    _assert_same_weights(load_checkpoint(tmp_path / "checkpoints" / "last.pt"), single_process)
+    _assert_same_weights(Checkpoint.load(tmp_path / "checkpoints" / "last.pt"), single_process)
 
 
 @pytest.mark.slow
 def test_ddp_syncs_a_learned_table_tied_to_the_unembedding(tmp_path) -> None:
     """The tied table gets gradient from the latents (outside DDP's forward) and the logits; DDP
     must all-reduce the sum once, exactly as one process accumulating both micro-batches."""
-    from elfkit.pipeline.checkpoint import load_checkpoint
+    from elfkit.pipeline.checkpoint import Checkpoint
+    from elfkit.pipeline.rundir import RunDir
     from elfkit.pipeline.train.loop import fit
     from tests.fixtures.train_fixtures import make_components
     comps, data = make_components(steps=3, batch_size=4, grad_accum=2, table="tied", **COMMON)
-    fit(comps, data, tmp_path / "single")
+    fit(comps, data, RunDir(tmp_path / "single"))
     _torchrun(tmp_path / "ddp", 3, "ddp", "tied")
-    want = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")
-    got = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
-    assert "unembed_table" in got["model"] and "embedder" not in got
+    want = Checkpoint.load(tmp_path / "single" / "checkpoints" / "last.pt")
+    got = Checkpoint.load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert "unembed_table" in got.model and got.embedder is None
     _assert_same_weights(got, want)
 
 
 @pytest.mark.slow
 def test_fsdp2_two_ranks_match_accumulated_single_process(tmp_path, single_process) -> None:
-    from elfkit.pipeline.checkpoint import load_checkpoint
+    from elfkit.pipeline.checkpoint import Checkpoint
     _torchrun(tmp_path, 6, "fsdp")
-    _assert_same_weights(load_checkpoint(tmp_path / "checkpoints" / "last.pt"), single_process)
+    _assert_same_weights(Checkpoint.load(tmp_path / "checkpoints" / "last.pt"), single_process)
 
 
 if __name__ == "__main__":

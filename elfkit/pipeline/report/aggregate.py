@@ -14,8 +14,6 @@ from typing import Any
 
 from elfkit.records import MetricRecord
 
-ROWS = ("samples", "real text", "shuffled text")
-
 
 @dataclass
 class MetricRow:

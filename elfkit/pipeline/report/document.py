@@ -23,12 +23,12 @@ from elfkit.pipeline.report.aggregate import MetricRow
 from elfkit.pipeline.report.plots import frontier_plot, line_plot
 from elfkit.pipeline.report.table import fmt, frontier_point, md_table, metrics_table, pick
 from elfkit.pipeline.rundir import RunDir
+from elfkit.pipeline.train.monitor import read_log
 
 log = logging.getLogger(__name__)
 
 SHOW_SAMPLES = 5
 SAMPLE_CHARS = 600
-TRAIN_LOG = "train_log.jsonl"
 
 
 # ----------------------------------------------------------------------------------------
@@ -46,21 +46,6 @@ def _recipe(run: RunDir) -> dict[str, Any] | None:
 
 def _metrics(run: RunDir) -> list[MetricRow]:
     return read_metrics(run.metrics) if run.metrics.is_file() else []
-
-
-def read_train_log(path: Path) -> list[dict[str, Any]]:
-    """JSON lines of the trainer; unreadable lines (a crash mid-write) are skipped."""
-    if not Path(path).is_file():
-        return []
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(d, dict):
-            out.append(d)
-    return out
 
 
 def _numeric(d: dict[str, Any], key: str) -> float | None:
@@ -144,7 +129,7 @@ NOT_SUMMARISED = ("step", "time", "epoch")
 
 
 def _training_section(run: RunDir) -> list[str]:
-    entries = [e for e in read_train_log(run.root / TRAIN_LOG) if "event" not in e or "loss" in e]
+    entries = [e for e in read_log(run.root) if "event" not in e or "loss" in e]
     if not entries:
         return []
     keys: list[str] = []
@@ -253,7 +238,7 @@ def compare_runs(run_dirs: list[Path], out: Path) -> Path:
         parts += ["_None of these runs has metrics.json yet._", ""]
 
     # training: last logged loss
-    logs = [read_train_log(r.root / TRAIN_LOG) for r in runs]
+    logs = [read_log(r.root) for r in runs]
     if any(logs):
         last = [fmt(_numeric(lg[-1], "loss")) if lg else "—" for lg in logs]
         steps = [f"{_numeric(lg[-1], 'step') or 0:g}" if lg else "—" for lg in logs]

@@ -8,7 +8,7 @@ same numbers as 1 rank × 2 accumulated micro-batches.
 
 Stops cleanly (checkpoint, then return) at ``train.steps``, on SIGTERM or a first Ctrl-C
 (a second Ctrl-C aborts at once), and after ``train.max_minutes``. Rerunning the same call
-resumes from ``run_dir/checkpoints/last.pt``; a finished run returns immediately.
+resumes from the run directory's ``checkpoints/last.pt``; a finished run returns immediately.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from rich.console import Console
 from torch import nn
 
 from elfkit.contracts import TrainData
-from elfkit.errors import DataError, RecipeError
+from elfkit.errors import CheckpointError, DataError, RecipeError
 from elfkit.pipeline.build import Components
+from elfkit.pipeline.checkpoint import Checkpoint
+from elfkit.pipeline.rundir import RunDir
 from elfkit.pipeline.train import distributed as dist_utils
-from elfkit.pipeline.train import state as ckpt
+from elfkit.pipeline.train import state as train_state
 from elfkit.pipeline.train.ema import EMA
 from elfkit.pipeline.train.monitor import Monitor
 from elfkit.pipeline.train.optimizers import build_optimizer, build_scheduler, clip_grad_norm, resolve_lr
@@ -82,7 +84,7 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _stream(data: TrainData, progress: ckpt.Progress, *, batch_size: int, seed: int,
+def _stream(data: TrainData, progress: train_state.Progress, *, batch_size: int, seed: int,
             info: dist_utils.DistInfo) -> Iterator[Batch]:
     """This rank's micro-batches from the saved position on, across epochs (updates ``progress``)."""
     while True:
@@ -107,25 +109,24 @@ def _micro_batch(train: Any, info: dist_utils.DistInfo) -> int:
     return train.batch_size // info.world_size
 
 
-def fit(components: Components, data: TrainData, run_dir: Path, *, console: Console | None = None) -> TrainResult:
-    """Train ``components.backbone`` per ``components.recipe.train``; resumes from ``run_dir`` if possible."""
+def fit(components: Components, data: TrainData, run: RunDir, *, console: Console | None = None) -> TrainResult:
+    """Train ``components.backbone`` per ``components.recipe.train``; resumes from ``run`` if possible."""
     info = dist_utils.setup()
     try:
-        return _Trainer(components, data, Path(run_dir), info, console).run()
+        return _Trainer(components, data, run, info, console).run()
     finally:
         dist_utils.teardown(info)
 
 
 class _Trainer:
-    def __init__(self, c: Components, data: TrainData, run_dir: Path, info: dist_utils.DistInfo,
+    def __init__(self, c: Components, data: TrainData, run: RunDir, info: dist_utils.DistInfo,
                  console: Console | None) -> None:
-        self.c, self.data, self.run_dir, self.info, self.console = c, data, run_dir, info, console
+        self.c, self.data, self.rundir, self.info, self.console = c, data, run, info, console
         self.train = c.recipe.train
         self.micro = _micro_batch(self.train, info)
         dist_utils.check_parallel(self.train.parallel, self.train.muon.implementation, info)
         self.device = info.device
         self.raw: nn.Module = c.backbone.to(self.device)
-        self.capabilities = self.raw.capabilities
         emb = c.embedder
         self.embedder_trainable = bool(getattr(emb, "trainable", False))
         if isinstance(emb, nn.Module):
@@ -152,61 +153,63 @@ class _Trainer:
         if self.train.compile:
             self.raw.compile()
         self.extra_params = [p for _, p in extra]
-        self.optim_view = ckpt.ParamView(self.raw, {"embedder": emb}) if extra else None
+        self.optim_view = train_state.ParamView(self.raw, {"embedder": emb}) if extra else None
         self.optimizer = build_optimizer(self.raw, self.train, extra=extra)
         self.scheduler = build_scheduler(self.optimizer, self.train)
         self.ema = EMA(self.raw, self.train.ema_decay)
         # Sampling reads EMA weights: an untied trainable embedder gets its own EMA so the
         # condition latents come from the same average as the backbone (saved as "embedder_ema").
         self.embedder_ema = EMA(emb, self.train.ema_decay) if self.extra_params else None
-        self.progress = ckpt.Progress()
+        self.progress = train_state.Progress()
         self.generator = torch.Generator(device=self.device)
 
     # ------------------------------------------------------------------ checkpoints
-    def _payload(self) -> dict[str, Any] | None:
-        model_sd, optim_sd = ckpt.gather_training_state(self.model, self.optimizer, optim_model=self.optim_view)
+    def _checkpoint(self) -> Checkpoint | None:
+        """This run as a checkpoint (rank 0; None on other ranks, which only join the gather)."""
+        model_sd, optim_sd = train_state.gather_training_state(self.model, self.optimizer, optim_model=self.optim_view)
         ema_sd = self.ema.state_dict(self.raw)
         if not self.info.is_main:
             return None
         c = self.c
-        payload = {
-            "recipe": resolved_dict(c.recipe), "model": model_sd, "capabilities": self.capabilities.to_dict(),
-            "step": self.progress.step, "ema": ema_sd, "optimizer": optim_sd,
-            "scheduler": self.scheduler.state_dict(), "epoch": self.progress.epoch,
-            "batches_in_epoch": self.progress.batches_in_epoch, "world_size": self.info.world_size,
-            "micro_batch": self.micro, "loss": self.progress.loss, "rng": ckpt.rng_state(self.device),
-            "target": c.recipe.target.name, "tokenizer": getattr(getattr(c.embedder, "tokenizer", None), "name", None),
-        }
+        checkpoint = Checkpoint(
+            recipe=resolved_dict(c.recipe), model=model_sd, step=self.progress.step, ema=ema_sd,
+            optimizer=optim_sd, scheduler=self.scheduler.state_dict(), epoch=self.progress.epoch,
+            batches_in_epoch=self.progress.batches_in_epoch, world_size=self.info.world_size,
+            micro_batch=self.micro, loss=self.progress.loss, rng=train_state.rng_state(self.device),
+            tokenizer=getattr(getattr(c.embedder, "tokenizer", None), "name", None))
         if self.embedder_ema is not None:   # untied trainable embedder (a tied table is in model/ema)
-            payload["embedder"] = c.embedder.state_dict()
-            payload["embedder_ema"] = self.embedder_ema.state_dict(c.embedder)
-        return payload
+            checkpoint.embedder = c.embedder.state_dict()
+            checkpoint.embedder_ema = self.embedder_ema.state_dict(c.embedder)
+        return checkpoint
 
     def save(self) -> Path:
-        payload = self._payload()
-        if payload is not None:
-            ckpt.write(self.run_dir, payload, self.train.keep_checkpoints)
+        checkpoint = self._checkpoint()
+        if checkpoint is not None:
+            self.rundir.checkpoints.write(checkpoint, self.train.keep_checkpoints)
         dist_utils.barrier(self.info)
-        return ckpt.last_path(self.run_dir)
+        return self.rundir.checkpoints.last
 
     def resume(self) -> bool:
-        payload = ckpt.read_last(self.run_dir)
-        if payload is None:
+        saved = self.rundir.checkpoints.read_last()
+        if saved is None:
             return False
-        ckpt.restore_training_state(self.model, self.optimizer, payload, optim_model=self.optim_view)
-        self.ema.load_state_dict(payload["ema"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        if self.embedder_ema is not None and "embedder" in payload:
-            self.c.embedder.load_state_dict(payload["embedder"])
-            if "embedder_ema" in payload:
-                self.embedder_ema.load_state_dict(payload["embedder_ema"])
-        p = ckpt.Progress(payload["step"], payload["epoch"], payload["batches_in_epoch"], payload.get("loss"))
-        old_rows = payload.get("world_size", 1) * payload.get("micro_batch", self.micro)
+        if saved.ema is None or saved.optimizer is None or saved.scheduler is None or saved.rng is None:
+            raise CheckpointError(f"{self.rundir.checkpoints.last} holds weights but no training state "
+                                  "(EMA, optimizer, scheduler, RNG); training cannot resume from it")
+        train_state.restore_training_state(self.model, self.optimizer, saved, optim_model=self.optim_view)
+        self.ema.load_state_dict(saved.ema)
+        self.scheduler.load_state_dict(saved.scheduler)
+        if self.embedder_ema is not None and saved.embedder is not None:
+            self.c.embedder.load_state_dict(saved.embedder)
+            if saved.embedder_ema is not None:
+                self.embedder_ema.load_state_dict(saved.embedder_ema)
+        p = train_state.Progress(saved.step, saved.epoch, saved.batches_in_epoch, saved.loss)
+        old_rows = saved.world_size * (saved.micro_batch if saved.micro_batch is not None else self.micro)
         if old_rows != self.info.world_size * self.micro:   # re-express the data position in this layout
             p.batches_in_epoch = p.batches_in_epoch * old_rows // (self.info.world_size * self.micro)
         self.progress = p
-        if self.info.world_size == 1 and payload.get("world_size", 1) == 1:
-            ckpt.set_rng_state(payload["rng"], self.device)
+        if self.info.world_size == 1 and saved.world_size == 1:
+            train_state.set_rng_state(saved.rng, self.device)
         return True
 
     # ------------------------------------------------------------------ one optimiser step
@@ -248,13 +251,14 @@ class _Trainer:
         train, info = self.train, self.info
         resumed = self.resume()
         if self.progress.step >= train.steps:
-            return TrainResult(ckpt.last_path(self.run_dir), self.progress.step, self.progress.loss, 0.0,
+            return TrainResult(self.rundir.checkpoints.last, self.progress.step, self.progress.loss, 0.0,
                                "already-done")
         if not resumed or info.world_size > 1:   # dropout etc.: a per-rank stream, reproducible from the step
             torch.manual_seed(micro_seed(self.c.recipe.seed, self.progress.step, 10_000 + info.rank))
         self.raw.train(True)
         stream = _stream(self.data, self.progress, batch_size=self.micro, seed=self.c.recipe.seed, info=info)
-        monitor = Monitor(self.run_dir, train.steps, self.progress.step, enabled=info.is_main, console=self.console)
+        monitor = Monitor(self.rundir.train_log, train.steps, self.progress.step, enabled=info.is_main,
+                          console=self.console)
         if info.is_main:
             monitor.log({"event": "resume" if resumed else "start", "step": self.progress.step,
                          "lr": resolve_lr(train), "world_size": info.world_size, "micro_batch": self.micro})

@@ -1,6 +1,7 @@
 """What a run shows and records: a rich progress bar on stderr and ``train_log.jsonl``.
 
-Both exist on rank 0 only; other ranks get a no-op monitor.
+Both exist on rank 0 only; other ranks get a no-op monitor. :func:`read_log` is the one
+reader of the log (the tests and the report use it).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from elfkit.pipeline.rundir import RunDir
+
 
 class Monitor:
     """Progress bar (step, loss, tokens/s, ETA) plus a JSON-lines metrics log."""
 
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, *, enabled: bool,
+    def __init__(self, log_path: Path, total_steps: int, start_step: int, *, enabled: bool,
                  console: Console | None = None) -> None:
         self.enabled = enabled
-        self.log_path = Path(run_dir) / "train_log.jsonl"
+        self.log_path = Path(log_path)
         self._progress: Progress | None = None
         if not enabled:
             return
@@ -55,8 +58,17 @@ class Monitor:
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of ``run_dir/train_log.jsonl`` (empty if none)."""
-    path = Path(run_dir) / "train_log.jsonl"
-    if not path.exists():
+    """The records of the run directory's ``train_log.jsonl`` (empty if none); unreadable lines
+    (a crash mid-write) are skipped."""
+    path = RunDir(Path(run_dir)).train_log
+    if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out

@@ -1,9 +1,5 @@
-"""Training checkpoints: what is saved, where, and how a run resumes from it.
-
-Layout: ``run_dir/checkpoints/step_{N}.pt`` (the newest ``keep_checkpoints`` are kept) and
-``last.pt`` (a hard link to, or copy of, the newest). Files are written atomically through
-:func:`elfkit.pipeline.checkpoint.save_checkpoint`, so a kill mid-write leaves the previous
-checkpoint intact.
+"""The trainer's state beyond the weights: data position, RNG streams, and the full-state
+gather/restore of model and optimizer that a :class:`~elfkit.pipeline.checkpoint.Checkpoint` holds.
 
 Model and optimizer state go through ``torch.distributed.checkpoint.state_dict`` with
 ``full_state_dict=True``: one code path for a single process, DDP and FSDP2 (FSDP2 shards are
@@ -13,11 +9,8 @@ any other and ``model`` is always a plain backbone ``state_dict``.
 
 from __future__ import annotations
 
-import os
 import random
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,9 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.optim import Optimizer
 
-from elfkit.pipeline.checkpoint import load_checkpoint, save_checkpoint
-
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+from elfkit.pipeline.checkpoint import Checkpoint
 
 
 @dataclass
@@ -45,14 +36,6 @@ class Progress:
     epoch: int = 0
     batches_in_epoch: int = 0   # micro-batches of this rank consumed in ``epoch``
     loss: float | None = None
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def last_path(run_dir: Path) -> Path:
-    return checkpoint_dir(run_dir) / "last.pt"
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -94,7 +77,7 @@ class ParamView(nn.Module):
 
 
 def gather_training_state(model: nn.Module, optimizer: Optimizer, *,
-                          optim_model: nn.Module | None = None) -> tuple[dict, dict]:
+                          optim_model: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Full model and optimizer state dicts (a collective under FSDP2: call on every rank).
 
     ``optim_model`` (default ``model``) names the optimizer's parameters, e.g. a :class:`ParamView`."""
@@ -102,40 +85,9 @@ def gather_training_state(model: nn.Module, optimizer: Optimizer, *,
             get_optimizer_state_dict(optim_model or model, optimizer, options=_FULL))
 
 
-def restore_training_state(model: nn.Module, optimizer: Optimizer, payload: dict[str, Any], *,
+def restore_training_state(model: nn.Module, optimizer: Optimizer, checkpoint: Checkpoint, *,
                            optim_model: nn.Module | None = None) -> None:
     """Load model and optimizer from a full-state checkpoint (every rank reads the file)."""
     opts = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, payload["model"], options=opts)
-    set_optimizer_state_dict(optim_model or model, optimizer, payload["optimizer"], options=opts)
-
-
-def write(run_dir: Path, payload: dict[str, Any], keep: int) -> Path:
-    """Write ``step_{N}.pt``, point ``last.pt`` at it, prune older step files. Rank 0 only."""
-    ckdir = checkpoint_dir(run_dir)
-    path = ckdir / f"step_{payload['step']}.pt"
-    save_checkpoint(path, payload)
-    _atomic_link(path, last_path(run_dir))
-    steps = sorted((int(m.group(1)), p) for p in ckdir.iterdir() if (m := _STEP_FILE.match(p.name)))
-    for _, old in steps[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def _atomic_link(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:   # filesystems without hard links
-        import shutil
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def read_last(run_dir: Path) -> dict[str, Any] | None:
-    """The payload of ``last.pt`` (tensors on CPU), or None for a fresh run."""
-    path = last_path(run_dir)
-    if not path.exists():
-        return None
-    return load_checkpoint(path, map_location="cpu")
+    set_model_state_dict(model, checkpoint.model, options=opts)
+    set_optimizer_state_dict(optim_model or model, optimizer, checkpoint.optimizer, options=opts)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
 
 from elfkit.errors import RecipeError
-from elfkit.pipeline import evaluate
+from elfkit.pipeline import evaluate, sweep
 from elfkit.pipeline.sweep import parse_grid, run_sweep
 from elfkit.registry import build_registry
 from tests.fixtures import fake_components
@@ -86,10 +84,8 @@ def _fresh_state():
 
 
 def install(monkeypatch, stages: FakeStages) -> None:
-    mod = types.ModuleType("elfkit.pipeline.stages")
-    mod.train_stage = stages.train_stage
-    mod.sample_stage = stages.sample_stage
-    monkeypatch.setitem(sys.modules, "elfkit.pipeline.stages", mod)
+    monkeypatch.setattr(sweep, "train_stage", stages.train_stage)
+    monkeypatch.setattr(sweep, "sample_stage", stages.sample_stage)
 
 
 def write_recipe(tmp_path: Path) -> Path:

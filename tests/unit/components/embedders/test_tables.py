@@ -15,7 +15,8 @@ from elfkit.components.backbones import load_official, official_state_dict
 from elfkit.components.embedders import LearnedTable
 from elfkit.errors import RecipeError
 from elfkit.pipeline.build import build_components, tie_unembedding
-from elfkit.pipeline.checkpoint import load_checkpoint
+from elfkit.pipeline.checkpoint import Checkpoint
+from elfkit.pipeline.rundir import RunDir
 from elfkit.pipeline.train.distributed import DistInfo
 from elfkit.pipeline.train.loop import fit
 from elfkit.pipeline.train.muon import muon_scale
@@ -194,35 +195,35 @@ def test_training_steps_the_table_and_resumes_exactly(tmp_path, tie):
     kw = dict(table="tied" if tie else "untied", checkpoint_every=100, lr=1e-2, ema_decay=0.5)
     comps, data = make_components(steps=4, **kw)
     init = comps.embedder.weight.detach().clone()
-    full = fit(comps, data, tmp_path / "full")
+    full = fit(comps, data, RunDir(tmp_path / "full"))
     assert full.stopped == "completed" and math.isfinite(full.final_loss)
-    ck = load_checkpoint(full.checkpoint)
+    ck = Checkpoint.load(full.checkpoint)
     live = comps.embedder.weight.detach()
     assert not torch.allclose(live, init)                          # it trained
     n_unique = len({id(p) for p in [*comps.backbone.parameters(), *comps.embedder.parameters()]})
-    assert len(ck["optimizer"]["state"]) == n_unique
+    assert len(ck.optimizer["state"]) == n_unique
     if tie:
         assert comps.backbone.unembed_table is comps.embedder.weight
-        assert "embedder" not in ck and "embedder_ema" not in ck   # the table lives in model/ema
-        assert torch.equal(ck["model"]["unembed_table"], live)
-        ema_table = ck["ema"]["unembed_table"]
-        assert not any(k.startswith("embedder") for k in ck["optimizer"]["state"])
+        assert ck.embedder is None and ck.embedder_ema is None   # the table lives in model/ema
+        assert torch.equal(ck.model["unembed_table"], live)
+        ema_table = ck.ema["unembed_table"]
+        assert not any(k.startswith("embedder") for k in ck.optimizer["state"])
     else:
-        assert "unembed_table" not in ck["model"] and torch.equal(ck["embedder"]["weight"], live)
-        ema_table = ck["embedder_ema"]["weight"]
-        assert "embedder.weight" in ck["optimizer"]["state"]
+        assert "unembed_table" not in ck.model and torch.equal(ck.embedder["weight"], live)
+        ema_table = ck.embedder_ema["weight"]
+        assert "embedder.weight" in ck.optimizer["state"]
     assert not torch.allclose(ema_table, live) and not torch.allclose(ema_table, init)   # an average of both
 
     comps, data = make_components(steps=2, **kw)
-    fit(comps, data, tmp_path / "split")
+    fit(comps, data, RunDir(tmp_path / "split"))
     comps, data = make_components(steps=4, **kw)
-    second = fit(comps, data, tmp_path / "split")
+    second = fit(comps, data, RunDir(tmp_path / "split"))
     assert second.stopped == "completed" and second.steps == 4
-    b = load_checkpoint(second.checkpoint)
+    b = Checkpoint.load(second.checkpoint)
     for key in ("model", "ema", "embedder", "embedder_ema"):
-        assert (key in b) == (key in ck)
-        for name, t in ck.get(key, {}).items():
-            torch.testing.assert_close(b[key][name], t, rtol=0, atol=1e-6, msg=f"{key}.{name}")
+        assert (getattr(b, key) is None) == (getattr(ck, key) is None)
+        for name, t in (getattr(ck, key) or {}).items():
+            torch.testing.assert_close(getattr(b, key)[name], t, rtol=0, atol=1e-6, msg=f"{key}.{name}")
 
 
 def _recipe(tmp_path: Path, *, dim: int = 16, decoder_hidden: int = 16, tie: bool = True, steps: int = 3) -> dict:
@@ -247,20 +248,22 @@ def _recipe(tmp_path: Path, *, dim: int = 16, decoder_hidden: int = 16, tie: boo
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_pipeline_checkpoint_samples_with_the_ema_table(tmp_path, tie):
-    from elfkit.pipeline.stages import generate_records, load_trained, train_stage
+    from elfkit.pipeline.sample import generate_records
+    from elfkit.pipeline.train.stage import train_stage
+    from elfkit.pipeline.trained import load_trained
 
     ckpt = train_stage(validate_recipe(_recipe(tmp_path, tie=tie)), tmp_path / "run")
-    payload = load_checkpoint(ckpt)
+    payload = Checkpoint.load(ckpt)
     if tie:
-        assert "embedder" not in payload
-        tables = {True: payload["ema"]["unembed_table"], False: payload["model"]["unembed_table"]}
+        assert payload.embedder is None
+        tables = {True: payload.ema["unembed_table"], False: payload.model["unembed_table"]}
     else:
-        assert "unembed_table" not in payload["ema"]
-        tables = {True: payload["embedder_ema"]["weight"], False: payload["embedder"]["weight"]}
+        assert "unembed_table" not in payload.ema
+        tables = {True: payload.embedder_ema["weight"], False: payload.embedder["weight"]}
     assert not torch.equal(tables[True], tables[False])
 
     for use_ema in (True, False):
-        sd = payload["ema" if use_ema else "model"]
+        sd = payload.ema if use_ema else payload.model
         trained = load_trained(ckpt, use_ema=use_ema)
         emb, net = trained.components.embedder, trained.components.backbone
         assert torch.equal(emb.weight, tables[use_ema]) and net.tied == tie

@@ -226,11 +226,12 @@ def test_registered_as_objective_elf() -> None:
 
 @pytest.mark.slow
 def test_tiny_elf_loss_goes_down(tmp_path) -> None:
+    from elfkit.pipeline.rundir import RunDir
     from elfkit.pipeline.train.loop import fit
     from elfkit.pipeline.train.monitor import read_log
     comps, data = make_components(steps=300, batch_size=16, lr=2e-3, warmup_steps=20, log_every=1,
                                   checkpoint_every=1000, n=256, ema_decay=0.99)
-    result = fit(comps, data, tmp_path)
+    result = fit(comps, data, RunDir(tmp_path))
     assert result.steps == 300
     recs = [r for r in read_log(tmp_path) if "loss" in r]
     first = sum(r["loss"] for r in recs[:30]) / 30

@@ -1,0 +1,37 @@
+"""``elfkit run``: every stage of a run in order, in one run directory.
+
+prepare data → train → sample → evaluate → report. Each stage records a fingerprint of the
+settings it used (``stages.json``), so rerunning skips finished stages, resumes an interrupted
+training from its last checkpoint, and redoes only the stages whose settings changed (a new
+sampler re-samples and re-evaluates without retraining).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+from elfkit.pipeline.evaluate import evaluate_stage
+from elfkit.pipeline.report.document import write_report
+from elfkit.pipeline.rundir import RunDir
+from elfkit.pipeline.sample import sample_stage
+from elfkit.pipeline.train.stage import train_stage
+from elfkit.recipe.schema import Recipe
+from elfkit.registry import default_registry
+
+
+def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
+    """prepare → train → sample → evaluate → report; returns report.md."""
+    console = console or Console(stderr=True)
+    run = RunDir(Path(run_dir))
+    console.rule(f"[bold]{recipe.name}[/] → {run.root}")
+    ckpt = train_stage(recipe, run.root, console)
+    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun: rank 0 samples, evaluates, reports
+        return run.report
+    sample_stage(ckpt, run.root, recipe, console)
+    if recipe.eval.evaluators:
+        with console.status("evaluating"):
+            evaluate_stage(run.samples, run.root, recipe, default_registry(recipe.plugins))
+    return write_report(run.root)

@@ -1,0 +1,143 @@
+"""Sampling from a trained model: the sample stage of a run and ``elfkit sample``.
+
+Both generate the same records from a :class:`~elfkit.pipeline.trained.Trained` model; the
+stage also records a fingerprint of what it sampled with (sample settings, checkpoint, engine,
+data), so a run re-samples only when one of those changed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from elfkit.components.datasets.collate import Collator
+from elfkit.components.datasets.splits import EvalPair
+from elfkit.errors import DataError
+from elfkit.fileio import atomic_write_text
+from elfkit.generation import Condition, generate, postprocess
+from elfkit.pipeline.build import sampling_time
+from elfkit.pipeline.prepare import data_cache_dir
+from elfkit.pipeline.rundir import RunDir, fingerprint
+from elfkit.pipeline.train.latents import embed_batch
+from elfkit.pipeline.trained import Trained, load_trained
+from elfkit.recipe.load import resolved_dict
+from elfkit.recipe.schema import Recipe
+from elfkit.records import SampleRecord
+
+
+def _sampling_fingerprint(recipe: Recipe, checkpoint: Path, step: int, engine: Path | None) -> str:
+    r = resolved_dict(recipe)
+    return fingerprint({"sample": r["sample"], "checkpoint": str(Path(checkpoint).resolve()), "step": step,
+                        "engine": str(engine) if engine else None, "data": r["data"]})
+
+
+def _runner(trained: Trained, engine: Path | None, device: torch.device) -> Any:
+    if engine is not None:
+        from elfkit.components.exporters import load_runner
+        return load_runner(engine, device=device, registry=trained.components.registry)
+    from elfkit.components.backbones import EagerRunner
+    return EagerRunner(trained.components.backbone.to(device))
+
+
+def _conditions(trained: Trained) -> tuple[list[EvalPair] | None, Collator | None]:
+    """Held-out conditional examples in order (first ``num_samples``), with clean condition latents."""
+    c = trained.components
+    splits = c.dataset.load(c.embedder.tokenizer, data_cache_dir(trained.recipe))
+    if not splits.conditional:
+        return None, None
+    if not splits.eval_pairs:
+        raise DataError(f"dataset '{trained.recipe.data.name}' has no held-out pairs to condition on")
+    return splits.eval_pairs[: trained.recipe.sample.num_samples], replace(splits.collator, label_drop_prob=0.0)
+
+
+def generate_records(trained: Trained, *, engine: Path | None = None, console: Console | None = None,
+                     device: str | torch.device = "cpu") -> list[SampleRecord]:
+    """All samples for every seed in ``recipe.sample.seeds``."""
+    console = console or Console(stderr=True)
+    recipe, c = trained.recipe, trained.components
+    s = recipe.sample
+    registry = c.registry
+    sampler = registry.build("sampler", s.sampler.name, s.sampler.config)
+    guidance = registry.build("guidance", s.guidance.name, s.guidance.config)
+    grid_time = sampling_time(recipe, registry, c)
+    runner = _runner(trained, engine, torch.device(device))
+    tok = c.embedder.tokenizer
+    max_length = recipe.data.config.max_length
+    pairs, collator = None, None
+    if getattr(recipe.data.config, "max_input_length", None) is not None:   # conditional task
+        if c.dataset is None:
+            c.dataset = registry.build("dataset", recipe.data.name, recipe.data.config)
+        pairs, collator = _conditions(trained)
+    total = s.num_samples if pairs is None else len(pairs)
+    records: list[SampleRecord] = []
+    columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("seed {task.fields[seed]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        for seed in s.seeds:
+            task = progress.add_task("sample", total=total, seed=seed)
+            gen = torch.Generator().manual_seed(seed)
+            for start in range(0, total, s.batch_size):
+                num = min(s.batch_size, total - start)
+                condition, cond_len, gen_length, batch_pairs = None, None, None, None
+                if pairs is not None:
+                    batch_pairs = pairs[start:start + num]
+                    batch = collator([{"condition_input_ids": p.condition_ids, "input_ids": []} for p in batch_pairs])
+                    with torch.inference_mode():
+                        latents = embed_batch(c.embedder, batch)
+                    condition = Condition.from_mask(latents, batch.cond_mask)
+                    cond_len = condition.lengths
+                    gen_length = max_length - collator.max_input_length
+                out = generate(runner, c.target, c.path, sampler, grid_time, guidance, num=num, length=max_length,
+                               generator=gen, condition=condition, device=device)
+                rows = postprocess(out.token_ids, tok.eos_id, tok.pad_id, cond_len=cond_len, gen_length=gen_length)
+                for i, ids in enumerate(rows):
+                    p = batch_pairs[i] if batch_pairs else None
+                    records.append(SampleRecord(text=tok.decode(ids), token_ids=ids, seed=seed, index=start + i,
+                                                source=p.source if p else None, reference=p.reference if p else None))
+                progress.advance(task, num)
+    return records
+
+
+def write_samples(path: Path, records: Sequence[SampleRecord]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r.__dict__, ensure_ascii=False) + "\n" for r in records))
+
+
+def sample_stage(checkpoint: Path, run_dir: Path, recipe: Recipe, console: Console | None = None,
+                 engine: Path | None = None) -> Path:
+    """Write ``run_dir/samples.jsonl`` for ``recipe.sample`` (skipped when already done)."""
+    console = console or Console(stderr=True)
+    run = RunDir(Path(run_dir))
+    trained = load_trained(checkpoint, plugin_files=recipe.plugins, sample=recipe.sample, evaluation=recipe.eval)
+    fp = _sampling_fingerprint(trained.recipe, checkpoint, trained.step, engine)
+    if run.is_done("sample", fp) and run.samples.exists():
+        console.print(f"sample: already done ({run.samples})")
+        return run.samples
+    run.forget("evaluate", "report")
+    t0 = time.perf_counter()
+    records = generate_records(trained, engine=engine, console=console)
+    write_samples(run.samples, records)
+    run.mark_done("sample", fp, n=len(records), seconds=round(time.perf_counter() - t0, 2))
+    return run.samples
+
+
+def sample_from_checkpoint(checkpoint: Path, overrides: Sequence[str], *, out_dir: Path | None = None,
+                           engine: Path | None = None, plugin_files: Sequence[str] = (),
+                           console: Console | None = None) -> Path:
+    """``elfkit sample``: samples (and the recipe they came from) in ``out_dir``, by default
+    ``samples/`` beside the checkpoint's run directory."""
+    console = console or Console(stderr=True)
+    trained = load_trained(checkpoint, overrides, plugin_files=plugin_files)
+    out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent.parent / "samples"
+    run = RunDir(out)
+    run.write_recipe(trained.recipe)
+    records = generate_records(trained, engine=engine, console=console)
+    write_samples(run.samples, records)
+    return run.samples

@@ -1,0 +1,52 @@
+"""The train stage of a run: ``fit`` wrapped in the run directory's bookkeeping.
+
+``fit`` only trains; deciding whether training is already done, refusing a run directory made
+by other training settings, and turning how ``fit`` stopped into a message or an error are
+the run's business, kept here so ``elfkit train``, ``elfkit run`` and sweeps behave alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from elfkit.errors import CheckpointError, ElfkitError
+from elfkit.pipeline.build import build_components
+from elfkit.pipeline.prepare import data_cache_dir, prepare_data
+from elfkit.pipeline.rundir import RunDir, training_fingerprint
+from elfkit.pipeline.train.data import make_train_data
+from elfkit.pipeline.train.loop import fit
+from elfkit.recipe.schema import Recipe
+from elfkit.registry import default_registry
+
+
+def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
+    """Train (or resume, or skip if finished); returns the last checkpoint."""
+    console = console or Console(stderr=True)
+    run = RunDir(Path(run_dir))
+    resolved = run.write_recipe(recipe)
+    fp = training_fingerprint(resolved)
+    run.check_same_training(resolved)
+    last = run.checkpoints.last
+    if run.is_done("train", fp) and last.exists():
+        console.print(f"train: already done ({last})")
+        return last
+    run.mark_done("train-started", fp)
+    components = build_components(recipe, default_registry(recipe.plugins))
+    splits = prepare_data(components, run, console)
+    data = make_train_data(splits, components.embedder, cache_dir=data_cache_dir(recipe))
+    result = fit(components, data, run, console=console)
+    if result.stopped == "interrupted":
+        raise KeyboardInterrupt
+    if result.stopped == "time-limit":   # a budgeted run: the budget is part of the recipe
+        console.print(f"[yellow]train: time budget of {recipe.train.max_minutes} min reached at step "
+                      f"{result.steps}/{recipe.train.steps}; continuing with this checkpoint")
+    elif result.stopped not in ("completed", "already-done"):
+        raise ElfkitError(f"training stopped early ({result.stopped}) at step {result.steps}; "
+                          "rerun the same command to continue")
+    if result.checkpoint is None:
+        raise CheckpointError(f"training finished but wrote no checkpoint in {run.checkpoints.path}")
+    run.mark_done("train", fp, checkpoint=str(result.checkpoint), steps=result.steps,
+                  final_loss=result.final_loss, tokens_per_s=result.tokens_per_s)
+    return result.checkpoint
