@@ -50,7 +50,7 @@ class Sampler(Protocol):
 
     Usage::
 
-        grid = time_component.grid(sampler.steps, generator)
+        grid = sampling_grid(sampler, time_component, generator)   # sampler.steps intervals
         z0 = noise_scale * torch.randn(B, S, D, generator=generator)
         out = sampler(denoiser, z0, grid, noise_scale=noise_scale, generator=generator)
 
