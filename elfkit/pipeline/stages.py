@@ -338,15 +338,16 @@ def evaluate_samples_file(samples: Path, recipe_path: Path | None, overrides: Se
 def export_checkpoint(checkpoint: Path, fmt: str, *, precision: str, batch: str, seq: str | None,
                       out_dir: Path | None, plugin_files: Sequence[str] = (), console: Console | None = None) -> Path:
     """Export the checkpoint's (EMA) denoiser; returns the manifest after the parity check passed."""
-    from elfkit.components.exporters import export_backbone, parse_range, spec_from_recipe
+    from elfkit.components.exporters import ExportSpec, export_backbone, parse_range
 
     trained = load_trained(checkpoint, plugin_files=plugin_files)
     overrides: dict[str, Any] = {"precision": precision, "batch": parse_range(batch, "--batch")}
     if seq:
         overrides["seq"] = parse_range(seq, "--seq")
-    spec = spec_from_recipe(trained.recipe, **overrides)
+    spec = ExportSpec(**overrides)
     out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent.parent / f"export-{fmt}-{precision}"
     with _console(console).status(f"exporting to {fmt} ({precision}) and checking parity"):
         return export_backbone(trained.components.backbone, fmt, out, spec, trained.components.registry,
+                               target=trained.components.target,
                                metadata={"checkpoint": str(Path(checkpoint).resolve()),
                                          "step": trained.step, "recipe": resolved_dict(trained.recipe)})
