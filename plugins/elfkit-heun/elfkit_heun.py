@@ -35,11 +35,9 @@ class HeunConfig(SamplerConfig):
     """Heun has no knobs besides ``steps`` (grid intervals; 2·steps − 1 denoiser calls)."""
 
 
-class HeunSampler(ConfigSteps):
+class HeunSampler(ConfigSteps[HeunConfig]):
     """Second-order, deterministic; Euler on the last interval. Holds only its config
     (``steps`` comes from it through :class:`ConfigSteps`)."""
-
-    cfg: HeunConfig
 
     def __init__(self, cfg: HeunConfig) -> None:
         self.cfg = cfg

@@ -179,8 +179,8 @@ class ElfObjective:
         is_dec = draws.is_dec
         dec, den = _rows(is_dec), _rows(~is_dec)
         sc_rows = _rows(~is_dec & draws.use_sc)
-        guided = (cfg.guided_target and caps.self_conditioning and caps.guidance_tokens
-                  and cfg.self_cond_prob > 0)
+        guided = bool(cfg.guided_target and caps.self_conditioning and caps.guidance_tokens
+                      and cfg.self_cond_prob > 0)
 
         # --- self-conditioning slot and guided target (no grad, current weights, same w)
         sc_slot = None

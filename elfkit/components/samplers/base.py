@@ -11,7 +11,7 @@ the grid the sampler is called with (a sampler then reads K back as ``len(grid) 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import torch
 from pydantic import Field
@@ -29,11 +29,14 @@ class SamplerConfig(ComponentConfig):
     """Grid intervals (ELF: 32 for ELF-B on OWT, 64 for ELF-M/L and the conditional tasks)."""
 
 
-class ConfigSteps:
-    """Base for samplers configured by a :class:`SamplerConfig`: ``steps`` is the config's, and
-    one denoiser call per interval is the default ``nfe`` (override it otherwise)."""
+C = TypeVar("C", bound=SamplerConfig)
 
-    cfg: SamplerConfig
+
+class ConfigSteps(Generic[C]):
+    """Base for samplers configured by a :class:`SamplerConfig` subclass ``C``: ``steps`` is the
+    config's, and one denoiser call per interval is the default ``nfe`` (override it otherwise)."""
+
+    cfg: C
 
     @property
     def steps(self) -> int:

@@ -18,10 +18,8 @@ class EulerConfig(SamplerConfig):
     """Euler has no knobs besides ``steps``; unknown recipe keys are still errors."""
 
 
-class EulerSampler(ConfigSteps):
+class EulerSampler(ConfigSteps[EulerConfig]):
     """First-order and deterministic; one denoiser call per interval. Holds only its config."""
-
-    cfg: EulerConfig
 
     def __init__(self, cfg: EulerConfig) -> None:
         self.cfg = cfg

@@ -45,10 +45,8 @@ def churn(z: Tensor, t: Tensor, t_next: Tensor, gamma: float, noise: Tensor,
     return z_b, alpha * t
 
 
-class SdeSampler(ConfigSteps):
+class SdeSampler(ConfigSteps[SdeConfig]):
     """ELF's SDE churn sampler: one denoiser call per interval, fresh noise on all but the last."""
-
-    cfg: SdeConfig
 
     def __init__(self, cfg: SdeConfig) -> None:
         self.cfg = cfg
