@@ -32,6 +32,8 @@ from elfkit.components.backbones import EagerRunner, ELFBackboneConfig, build_el
 from elfkit.components.exporters import ExportSpec, export_backbone, load_runner, read_manifest
 from elfkit.components.exporters.manifest import library_versions
 from elfkit.components.exporters.spec import DimRange
+from elfkit.components.guidance import SelfCondConfig
+from elfkit.components.samplers import SdeConfig
 from elfkit.core.flow import FlowPath
 from elfkit.errors import ElfkitError
 from elfkit.generation import generate
@@ -50,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=1000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=64)
-    p.add_argument("--steps", type=int, default=32, help="SDE steps for the throughput run")
+    p.add_argument("--steps", type=int, default=SdeConfig().steps, help="SDE steps for the throughput run")
     p.add_argument("--iters", type=int, default=30, help="timed denoise calls per runner")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--sample-reps", type=int, default=2)
@@ -83,7 +85,7 @@ def p99(xs: list[float]) -> float:
 
 
 def build_runners(bb: torch.nn.Module, args: argparse.Namespace, device: torch.device, workdir: Path,
-                  registry: Any) -> dict[str, tuple[Any, float, str]]:
+                  registry: Any, target: Any) -> dict[str, tuple[Any, float, str]]:
     """name → (runner, build seconds, note); unavailable formats get runner None and the reason."""
     wanted = [f.strip() for f in args.formats.split(",") if f.strip()]
     spec = ExportSpec(precision=args.precision, device=str(device),
@@ -102,7 +104,7 @@ def build_runners(bb: torch.nn.Module, args: argparse.Namespace, device: torch.d
                 fmt, config = {"torch-export": ("torch-export", {}), "aoti": ("torch-export", {"aot_inductor": True}),
                                "onnx": ("onnx", {}), "tensorrt": ("tensorrt", {})}[name]
                 out = workdir / name
-                export_backbone(bb, fmt, out, spec, registry, config=config)
+                export_backbone(bb, fmt, out, spec, registry, target=target, config=config)
                 runner = load_runner(out, device=device, registry=registry)
                 worst = read_manifest(out)["parity"]["worst"]["denoise"]
                 note = f"parity rel_l2 {worst['rel_l2']:.1e}"
@@ -131,14 +133,14 @@ def main() -> None:
     g = torch.Generator(device="cpu").manual_seed(0)
     z, t = torch.randn(B, S, D, generator=g).to(device), torch.rand(B, generator=g).to(device)
     sc, w = torch.randn(B, S, D, generator=g).to(device), torch.full((B,), 3.0, device=device)
-    parts = dict(target=registry.build("target", "x"), path=FlowPath(noise_scale=2.0),
-                 sampler=registry.build("sampler", "sde", {"steps": args.steps}),
+    target = registry.build("target", "x").bind(FlowPath(), name="x")     # ELF: x-prediction on its path
+    parts = dict(target=target, sampler=registry.build("sampler", "sde", {"steps": args.steps}),
                  grid_time=registry.build("time", "logit-normal"),
-                 guidance=registry.build("guidance", "self-cond", {"scale": 3.0}))
+                 guidance=registry.build("guidance", "self-cond", SelfCondConfig()))
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        built = build_runners(bb, args, device, Path(tmp), registry)
+        built = build_runners(bb, args, device, Path(tmp), registry, target)
         live = {n: r for n, (r, _, _) in built.items() if r is not None}
         lat: dict[str, list[float]] = {n: [] for n in live}
         gen: dict[str, list[float]] = {n: [] for n in live}

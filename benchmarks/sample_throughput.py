@@ -3,7 +3,7 @@
 Runs :func:`elfkit.generation.generate` (the same path ``elfkit sample`` uses) with the
 SDE sampler (γ=1.5), the trained-in self-conditioning guidance (w=3, one forward per step)
 and the random logit-normal grid, on a randomly initialised ELF backbone (weights do not
-change the cost)::
+change the cost). Defaults are read from the components' configs::
 
     python benchmarks/sample_throughput.py --depth 4 --width 256 --latent-dim 384 --vocab 30522 \\
         --batch 32 --seq 128 --steps 32
@@ -25,16 +25,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_model_args  # noqa: E402
 
 from elfkit.components.backbones import EagerRunner  # noqa: E402
+from elfkit.components.guidance import SelfCondConfig  # noqa: E402
+from elfkit.components.samplers import SdeConfig  # noqa: E402
 from elfkit.core.flow import FlowPath  # noqa: E402
 from elfkit.generation import generate  # noqa: E402
 from elfkit.registry import build_registry  # noqa: E402
+
+SDE, SELF_COND = SdeConfig(), SelfCondConfig()   # ELF's sampling defaults, declared in the components
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_args(p)
-    p.add_argument("--steps", type=int, default=32, help="sampler grid intervals")
-    p.add_argument("--gamma", type=float, default=1.5)
+    p.add_argument("--steps", type=int, default=SDE.steps, help="sampler grid intervals")
+    p.add_argument("--gamma", type=float, default=SDE.gamma)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--repeats", type=int, default=3, help="timed batches")
     p.add_argument("--warmup", type=int, default=1)
@@ -56,15 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         net.compile()
     runner = EagerRunner(net, torch.bfloat16 if args.precision == "bf16" else None)
-    target = reg.build("target", "x", {"loss_space": "v"})
+    target = reg.build("target", "x").bind(FlowPath())            # ELF: x-prediction on its path
     sampler = reg.build("sampler", "sde", {"steps": args.steps, "gamma": args.gamma})
-    grid = reg.build("time", "logit-normal", {})
-    guidance = reg.build("guidance", "self-cond", {"scale": 3.0})
-    path = FlowPath(noise_scale=2.0)
+    grid = reg.build("time", "logit-normal")
+    guidance = reg.build("guidance", "self-cond", SELF_COND)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def once() -> int:
-        res = generate(runner, target, path, sampler, grid, guidance, num=args.batch, length=args.seq,
+        res = generate(runner, target, sampler, grid, guidance, num=args.batch, length=args.seq,
                        generator=gen, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device        {name} ({device.type}, {torch.get_num_threads()} threads)")
     print(f"torch         {torch.__version__}")
     print(f"model         depth {net.cfg.depth} width {net.cfg.width} D {net.cfg.latent_dim} V {net.cfg.vocab_size}")
-    print(f"run           batch {args.batch}×{args.seq}, {args.steps}-step SDE γ={args.gamma}, self-cond w=3, "
+    print(f"run           batch {args.batch}×{args.seq}, {args.steps}-step SDE γ={args.gamma}, "
+          f"self-cond w={SELF_COND.scale:g}, "
           f"{args.precision}: {nfe} denoiser forwards + 1 decode per batch")
     print(f"batch time    {dt * 1e3:.1f} ms")
     print(f"samples/s     {args.batch / dt:,.1f}")

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_model_args  # noqa: E402
 
 from elfkit.components.objectives import ElfObjective, ElfObjectiveConfig  # noqa: E402
+from elfkit.core.flow import FlowPath  # noqa: E402
 from elfkit.pipeline.train.ema import EMA  # noqa: E402
 from elfkit.pipeline.train.optimizers import build_optimizer, clip_grad_norm  # noqa: E402
 from elfkit.recipe.schema import TrainSection  # noqa: E402
@@ -143,12 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     net = build_backbone(args).to(device).train()
     if args.compile:
         net.compile()
-    obj_cfg = ElfObjectiveConfig(decoder_noise_scale=5.0, execution="reference" if args.reference_style else "fast")
+    obj_cfg = ElfObjectiveConfig(execution="reference" if args.reference_style else "fast")
     objective = ElfObjective(obj_cfg)
-    target = build_registry(entry_points=False).build("target", "x", {"loss_space": "v"})
-    time_c = build_registry(entry_points=False).build("time", "logit-normal", {})
-    from elfkit.core.flow import FlowPath
-    path = FlowPath(noise_scale=2.0)
+    registry = build_registry(entry_points=False)
+    target = registry.build("target", "x").bind(FlowPath())          # ELF: x-prediction, v loss, its path
+    time_c = registry.build("time", "logit-normal")
     train = TrainSection(batch_size=args.batch, optimizer=args.optimizer,
                          muon={"implementation": args.muon_implementation, "ns_dtype": args.ns_dtype})
     opt = build_optimizer(net, train)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with amp:
-            out = objective(net, batch, x0, target=target, time=time_c, path=path, generator=gen)
+            out = objective(net, batch, x0, target=target, time=time_c, generator=gen)
         out.loss.backward()
         sync(device)
         t1 = time.perf_counter()

@@ -19,6 +19,7 @@ from elfkit.records import Batch, MetricRecord, ModelCapabilities, Prediction, S
 
 if TYPE_CHECKING:
     from elfkit.components.exporters.spec import ExportSpec
+    from elfkit.components.targets import Target
 
 __all__ = [
     "Denoiser", "Embedder", "Evaluator", "Exporter", "Guidance", "Judge", "ModelEvaluation", "ModelRunner",
@@ -50,7 +51,7 @@ class Sampler(Protocol):
 
     Usage::
 
-        grid = time_component.grid(sampler.steps, generator)
+        grid = sampling_grid(sampler, time_component, generator)   # sampler.steps intervals
         z0 = noise_scale * torch.randn(B, S, D, generator=generator)
         out = sampler(denoiser, z0, grid, noise_scale=noise_scale, generator=generator)
 
@@ -136,13 +137,14 @@ class Exporter(Protocol):
 
     ``export`` writes the files and a ``manifest.json`` (only after parity against eager
     fp32 passed; otherwise :class:`~elfkit.errors.ExportError`) and returns the manifest
-    path. ``load`` opens a folder this exporter wrote on ``device``. ``metadata`` is
-    copied into the manifest (``"source"``).
+    path. ``target`` is the model's target bound to its flow path (parity derives v̂ with
+    it; the manifest records it). ``load`` opens a folder this exporter wrote on ``device``.
+    ``metadata`` is copied into the manifest (``"source"``).
     """
 
     format: str
 
-    def export(self, backbone: nn.Module, out_dir: Path, spec: ExportSpec, *,
+    def export(self, backbone: nn.Module, out_dir: Path, spec: ExportSpec, *, target: Target,
                metadata: dict[str, Any] | None = None) -> Path: ...
 
     def load(self, artifact_dir: Path, device: torch.device | str) -> ModelRunner: ...

@@ -6,7 +6,7 @@ The pieces meet here and nowhere else:
   with ELF's condition handling (reference §6.3) — the *model evaluation* that guidance
   components combine;
 - a guidance component builds the :class:`~elfkit.contracts.Denoiser` the sampler calls;
-- :func:`generate` draws z₀ and the time grid from one generator, runs the sampler, pins
+- :func:`generate` draws the time grid and z₀ from one generator, runs the sampler, pins
   the condition, decodes once and takes the argmax;
 - :func:`postprocess` turns token ids into the id lists that are decoded to text.
 """
@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from elfkit.components.guidance.base import Guidance
+from elfkit.components.samplers.base import GridTime, generator_device, sampling_grid
 from elfkit.components.targets import Target
 from elfkit.contracts import ModelRunner, Sampler
-from elfkit.core.flow import FlowPath
 from elfkit.errors import ElfkitError
 from elfkit.records import ModelCapabilities, Prediction
 
@@ -70,7 +70,7 @@ class ModelEvaluator:
     1. condition positions of z and of the self-cond slot are set to the clean condition
        (to 0 when ``drop_condition``); with no previous x̂ the slot is zeros there;
     2. ``runner.denoise`` runs with the w token ``guidance_scale`` (if the model has tokens);
-    3. the target converts the output to x̂/ε̂/v̂ at the *pinned* z;
+    3. the target converts the output to x̂/ε̂/v̂ at the *pinned* z, on the path it is bound to;
     4. condition positions are restored: x̂ = ε̂ = clean condition (or 0) and v̂ = 0, which is
        the consistent prediction for a latent that sits at the condition for every t.
 
@@ -78,11 +78,9 @@ class ModelEvaluator:
     beyond its inputs, so one evaluator can serve interleaved sampler runs.
     """
 
-    def __init__(self, runner: ModelRunner, target: Target, path: FlowPath,
-                 condition: Condition | None = None) -> None:
+    def __init__(self, runner: ModelRunner, target: Target, condition: Condition | None = None) -> None:
         self.runner = runner
         self.target = target
-        self.path = path
         self.condition = condition
 
     @property
@@ -123,7 +121,7 @@ class ModelEvaluator:
         z_in = self.pin_latent(z, drop_condition=drop_condition)
         slot = self.self_cond_slot(z_in, self_cond, drop_condition=drop_condition)
         out = self.runner.denoise(z_in, t, slot, w)                   # (B, S, D)
-        pred = self.target.predict(out.to(z.dtype), z_in, t, self.path)
+        pred = self.target.predict(out.to(z.dtype), z_in, t)
         return self.pin(pred, drop_condition=drop_condition)
 
 
@@ -150,31 +148,33 @@ def _check_condition(condition: Condition, shape: tuple[int, int, int]) -> None:
                           f"{shape[:1]}; got {tuple(condition.mask.shape)} and {tuple(condition.lengths.shape)}")
 
 
-def generate(runner: ModelRunner, target: Target, path: FlowPath, sampler: Sampler, grid_time,
-             guidance: Guidance, *, num: int, length: int, generator: torch.Generator | None,
-             condition: Condition | None = None, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> GenerationResult:
+def generate(runner: ModelRunner, target: Target, sampler: Sampler, grid_time: GridTime, guidance: Guidance, *,
+             num: int, length: int, generator: torch.Generator | None, condition: Condition | None = None,
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> GenerationResult:
     """Generate one batch of ``num`` sequences of ``length`` tokens.
 
-    The grid (``grid_time.grid(sampler.steps, generator)``; random per batch for
-    logit-normal, as ELF) and z₀ = s·N(0, I) come from ``generator`` in that order, drawn on
-    the generator's device and moved to ``device``. The caller picks the weights (EMA) and
-    batching; this runs under ``torch.inference_mode``.
+    The grid (:func:`~elfkit.components.samplers.base.sampling_grid`: ``sampler.steps``
+    intervals from ``grid_time``, random per batch for logit-normal, as ELF) and
+    z₀ = s·N(0, I) come from ``generator`` in that order, drawn on the generator's device and
+    moved to ``device``. The noise scale s is that of the path ``target`` is bound to. The
+    caller picks the weights (EMA) and batching; this runs under ``torch.inference_mode``.
 
     Args:
+        target: the prediction target, bound to the flow path (``target.bind(path)``).
         grid_time: a time component (``grid(steps, generator, device) -> (K+1,)``).
         condition: clean condition latents for conditional tasks (shape (num, length, D)).
     """
     caps = runner.capabilities
     shape = (num, length, caps.latent_dim)
+    path = target.path
     if condition is not None:
         _check_condition(condition, shape)
         condition = condition.to(device, dtype)
-    gen_device = generator.device if generator is not None else torch.device(device)
     with torch.inference_mode():
-        grid = grid_time.grid(sampler.steps, generator, gen_device).to(device)
-        z0 = path.initial_noise(shape, generator, device=gen_device, dtype=dtype).to(device)   # (B, S, D)
-        evaluate = ModelEvaluator(runner, target, path, condition)
+        grid = sampling_grid(sampler, grid_time, generator, device)
+        z0 = path.initial_noise(shape, generator, device=generator_device(generator, device),
+                                dtype=dtype).to(device)                                   # (B, S, D)
+        evaluate = ModelEvaluator(runner, target, condition)
         z0 = evaluate.pin_latent(z0)
         out = sampler(guidance.denoiser(evaluate), z0, grid, noise_scale=path.noise_scale, generator=generator)
         z = evaluate.pin_latent(out.z)

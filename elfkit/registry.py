@@ -256,7 +256,3 @@ def default_registry(plugin_files: Sequence[str | Path] = ()) -> Registry:
     if files not in _CACHE:
         _CACHE[files] = build_registry(files)
     return _CACHE[files]
-
-
-def reset_default_registry() -> None:
-    _CACHE.clear()

@@ -8,17 +8,20 @@ the prediction, so clamps reweight rather than bias.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import copy
+from typing import Any, ClassVar, Literal, TypeVar
 
 from torch import Tensor
 
 from elfkit.config import ComponentConfig
 from elfkit.core import flow
 from elfkit.core.flow import FlowPath
+from elfkit.errors import ElfkitError
 from elfkit.hookspecs import hookimpl
 from elfkit.records import Prediction
 
 Space = Literal["x", "eps", "v"]
+_T = TypeVar("_T", bound="Target")
 
 
 class TargetConfig(ComponentConfig):
@@ -27,25 +30,61 @@ class TargetConfig(ComponentConfig):
 
 
 class Target:
-    """Converts a network output to a :class:`Prediction` and computes the per-token loss."""
+    """Converts a network output to a :class:`Prediction` and computes the per-token loss.
+
+    A target is *bound* to the :class:`FlowPath` its conversions use, so training,
+    generation and export take this one object rather than a (target, path) pair. The
+    registry builds targets from their config alone (unbound); :meth:`bind` attaches the
+    path (``build_components`` binds the recipe's). An explicit ``path`` argument to
+    :meth:`predict` or :meth:`truth` overrides the bound one.
+
+    Subclasses implement :meth:`convert`, which always receives the path explicitly.
+    """
 
     output: ClassVar[Space]
 
-    def __init__(self, cfg: TargetConfig) -> None:
+    def __init__(self, cfg: TargetConfig, path: FlowPath | None = None, *, name: str | None = None) -> None:
         self.cfg = cfg
+        self._path = path
+        self.name = name   # the registry name, when known: export manifests record it
+
+    def bind(self: _T, path: FlowPath, *, name: str | None = None) -> _T:
+        """A copy of this target bound to ``path`` (and, if given, its registry ``name``)."""
+        bound = copy.copy(self)
+        bound._path = path
+        if name is not None:
+            bound.name = name
+        return bound
+
+    @property
+    def is_bound(self) -> bool:
+        return self._path is not None
+
+    @property
+    def path(self) -> FlowPath:
+        """The bound flow path; an unbound target is a programming error worth a clear message."""
+        if self._path is None:
+            raise ElfkitError(f"{type(self).__name__} is not bound to a flow path: use target.bind(FlowPath(...)) "
+                              "(build_components binds the recipe's path section)")
+        return self._path
 
     @property
     def loss_space(self) -> Space:
         return self.cfg.loss_space
 
-    def predict(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
-        """Network output (B,S,D) at (z, t) → x̂, ε̂ (scaled noise), v̂."""
+    def convert(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
+        """Network output (B,S,D) at (z, t) on ``path`` → x̂, ε̂ (scaled noise), v̂."""
         raise NotImplementedError
 
-    def truth(self, x0: Tensor, noise: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
+    def predict(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath | None = None) -> Prediction:
+        """Network output (B,S,D) at (z, t) → x̂, ε̂ (scaled noise), v̂, on ``path`` or the bound path."""
+        return self.convert(out, z, t, self.path if path is None else path)
+
+    def truth(self, x0: Tensor, noise: Tensor, z: Tensor, t: Tensor, path: FlowPath | None = None) -> Prediction:
         """The exact values, passed through this target's own conversions (same clamps)."""
+        path = self.path if path is None else path
         true_out = {"x": x0, "eps": noise, "v": x0 - path.noise_scale * noise}
-        return self.predict(self.encode_output(true_out), z, t, path)
+        return self.convert(self.encode_output(true_out), z, t, path)
 
     def encode_output(self, values: dict[str, Tensor]) -> Tensor:
         """Pick the network-output representation of the true values (ε as unit noise)."""
@@ -58,13 +97,22 @@ class Target:
         """Squared error in the loss space, averaged over D: (B, S)."""
         return (self.in_loss_space(pred) - target).pow(2).mean(-1)
 
+    def describe(self) -> dict[str, Any]:
+        """What an export manifest records: the resolved target (name, class, config) and its path."""
+        path = self.path
+        return {
+            "target": {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                       "output": self.output, "config": self.cfg.model_dump(mode="json")},
+            "path": {"noise_scale": path.noise_scale, "t_eps": path.t_eps, "t_min": path.t_min},
+        }
+
 
 class XTarget(Target):
     """Network predicts the clean latent x̂ (ELF default; stable in high dimension)."""
 
     output = "x"
 
-    def predict(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
+    def convert(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
         return Prediction(x=out, eps=flow.x_to_eps(out, z, t, path.t_eps), v=flow.x_to_v(out, z, t, path.t_eps))
 
 
@@ -73,7 +121,7 @@ class EpsTarget(Target):
 
     output = "eps"
 
-    def predict(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
+    def convert(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
         eps = out * path.noise_scale
         return Prediction(x=flow.eps_to_x(eps, z, t, path.t_min), eps=eps, v=flow.eps_to_v(eps, z, t, path.t_min))
 
@@ -83,7 +131,7 @@ class VTarget(Target):
 
     output = "v"
 
-    def predict(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
+    def convert(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
         return Prediction(x=flow.v_to_x(out, z, t), eps=flow.v_to_eps(out, z, t), v=out)
 
 

@@ -5,6 +5,10 @@ Convention (ELF, flow_matching): ``z_t = t·x + (1−t)·ε`` with ``ε = s·ε�
 velocity is ``v = dz/dt = x − ε``. Every conversion here works on the *scaled* noise
 ε; a network that outputs unit-variance noise is rescaled by its target component.
 
+The path's constants are declared once, here: :data:`NOISE_SCALE`, :data:`T_EPS` and
+:data:`T_MIN` are ELF's values and the defaults of :class:`FlowPath`, the recipe's ``path``
+section and export.
+
 Two clamps keep the conversions finite (reference: ELF ``t_eps=0.05``):
 - anything divided by ``1−t`` (x → v, x → ε) uses ``max(1−t, t_eps)``;
 - anything divided by ``t`` (ε → x, ε → v) uses ``max(t, t_min)``.
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+NOISE_SCALE = 2.0  # ELF's s: z_0 = s·N(0, I), and the scale of ε in the interpolant
 T_EPS = 0.05  # ELF's clamp on 1-t
 T_MIN = 0.05  # clamp on t for ε-prediction (same magnitude, at the noise end)
 
@@ -29,7 +34,7 @@ def expand_time(t: Tensor, like: Tensor) -> Tensor:
     return t.reshape(t.shape + (1,) * (like.dim() - t.dim()))
 
 
-def interpolate(x: Tensor, noise: Tensor, t: Tensor, noise_scale: float = 1.0) -> Tensor:
+def interpolate(x: Tensor, noise: Tensor, t: Tensor, noise_scale: float) -> Tensor:
     """``z_t = t·x + (1−t)·s·ε₀``. ``noise`` is unit-variance ε₀; t is (B,) or per-token (B,S)."""
     tt = expand_time(t, x)
     return tt * x + (1 - tt) * noise_scale * noise
@@ -81,10 +86,10 @@ def v_to_eps(v_hat: Tensor, z: Tensor, t: Tensor) -> Tensor:
 # --- the path as a value ------------------------------------------------------------------
 @dataclass(frozen=True)
 class FlowPath:
-    """The path's constants, shared by training (interpolant) and sampling (initial and
-    SDE noise). ELF: noise scale 2.0, t_eps 0.05."""
+    """The path's constants, shared by training (interpolant), sampling (initial and SDE
+    noise) and the targets' conversions. The defaults are ELF's (noise scale 2.0, t_eps 0.05)."""
 
-    noise_scale: float = 1.0
+    noise_scale: float = NOISE_SCALE
     t_eps: float = T_EPS
     t_min: float = T_MIN
 

@@ -22,7 +22,8 @@ class Components:
     The backbone is built with the embedder's latent dimension and vocabulary and the
     dataset's sequence length filled in (``latent_dim``, ``vocab_size``, ``max_length``).
     An embedder that asks for it (``learned-table`` with ``tie_unembedding``) shares its
-    table with the backbone's unembedding (one Parameter object in both).
+    table with the backbone's unembedding (one Parameter object in both). The target is
+    bound to the recipe's flow path: training, sampling and export pass just ``target``.
     """
 
     recipe: Recipe
@@ -33,7 +34,11 @@ class Components:
     target: Target
     time: Any
     objective: Any
-    path: FlowPath
+
+    @property
+    def path(self) -> FlowPath:
+        """The flow path the target is bound to (its only copy)."""
+        return self.target.path
 
 
 def build_components(recipe: Recipe, registry: Registry, *, with_dataset: bool = True) -> Components:
@@ -60,10 +65,10 @@ def build_components(recipe: Recipe, registry: Registry, *, with_dataset: bool =
         dataset=dataset,
         embedder=embedder,
         backbone=backbone,
-        target=registry.build("target", recipe.target.name, recipe.target.config),
+        target=registry.build("target", recipe.target.name, recipe.target.config).bind(
+            recipe.path.flow_path(), name=recipe.target.name),
         time=registry.build("time", recipe.time.name, recipe.time.config),
         objective=registry.build("objective", recipe.objective.name, recipe.objective.config),
-        path=FlowPath(recipe.path.noise_scale, recipe.path.t_eps, recipe.path.t_min),
     )
 
 

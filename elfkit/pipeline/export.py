@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from elfkit.components.exporters import export_backbone, parse_range, spec_from_recipe
+from elfkit.components.exporters import ExportSpec, export_backbone, parse_range
 from elfkit.pipeline.trained import load_trained
 from elfkit.recipe.load import resolved_dict
 
@@ -25,9 +25,10 @@ def export_checkpoint(checkpoint: Path, fmt: str, *, precision: str, batch: str,
     overrides: dict[str, Any] = {"precision": precision, "batch": parse_range(batch, "--batch")}
     if seq:
         overrides["seq"] = parse_range(seq, "--seq")
-    spec = spec_from_recipe(trained.recipe, **overrides)
+    spec = ExportSpec(**overrides)
     out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent.parent / f"export-{fmt}-{precision}"
     with (console or Console(stderr=True)).status(f"exporting to {fmt} ({precision}) and checking parity"):
         return export_backbone(trained.components.backbone, fmt, out, spec, trained.components.registry,
+                               target=trained.components.target,
                                metadata={"checkpoint": str(Path(checkpoint).resolve()),
                                          "step": trained.step, "recipe": resolved_dict(trained.recipe)})

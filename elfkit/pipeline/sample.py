@@ -95,7 +95,7 @@ def generate_records(trained: Trained, *, engine: Path | None = None, console: C
                     condition = Condition.from_mask(latents, batch.cond_mask)
                     cond_len = condition.lengths
                     gen_length = max_length - collator.max_input_length
-                out = generate(runner, c.target, c.path, sampler, grid_time, guidance, num=num, length=max_length,
+                out = generate(runner, c.target, sampler, grid_time, guidance, num=num, length=max_length,
                                generator=gen, condition=condition, device=device)
                 rows = postprocess(out.token_ids, tok.eos_id, tok.pad_id, cond_len=cond_len, gen_length=gen_length)
                 for i, ids in enumerate(rows):

@@ -289,8 +289,3 @@ def resolved_dict(recipe: Recipe) -> dict[str, Any]:
 
 def dump_yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-
-
-def recipe_from_dict(data: dict[str, Any], registry: Registry | None = None) -> Recipe:
-    """Rebuild a recipe from its resolved dict (checkpoints store this)."""
-    return validate_recipe(data, source="<checkpoint recipe>", registry=registry)

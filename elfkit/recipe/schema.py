@@ -3,6 +3,10 @@
 Validation is two-phase (see :func:`elfkit.recipe.load.resolve`): first this schema
 (strict keys everywhere except inside a component reference), then each component's
 own config model, whose errors are re-rooted under the recipe path.
+
+Defaults are not repeated here: a default component slot is built from that component's
+config class (:func:`default_ref`) and the path section reads :mod:`elfkit.core.flow`'s
+constants, so a default changes in one place.
 """
 
 from __future__ import annotations
@@ -10,6 +14,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from elfkit.components.guidance.self_cond import SelfCondConfig
+from elfkit.components.objectives.elf import ElfObjectiveConfig
+from elfkit.components.samplers.sde import SdeConfig
+from elfkit.components.targets import TargetConfig
+from elfkit.components.time import LogitNormalConfig
+from elfkit.core.flow import NOISE_SCALE, T_EPS, T_MIN, FlowPath
 
 STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
 
@@ -43,16 +54,25 @@ def ref(name: str, **params: Any) -> ComponentRef:
     return ComponentRef(name=name, **params)
 
 
+def default_ref(name: str, config: type[BaseModel]) -> ComponentRef:
+    """The slot ``{name, ...}`` filled with ``config``'s own defaults (which stay their only source)."""
+    return ref(name, **config().model_dump())
+
+
 class PathSection(BaseModel):
     """The flow path shared by training and sampling."""
 
     model_config = STRICT
-    noise_scale: float = Field(2.0, gt=0)
+    noise_scale: float = Field(NOISE_SCALE, gt=0)
     """s in z = t·x + (1−t)·s·ε (ELF: 2.0). Also scales sampling's initial and SDE noise."""
-    t_eps: float = Field(0.05, gt=0, lt=1)
+    t_eps: float = Field(T_EPS, gt=0, lt=1)
     """Clamp for 1−t in x→v (ELF: 0.05)."""
-    t_min: float = Field(0.05, gt=0, lt=1)
+    t_min: float = Field(T_MIN, gt=0, lt=1)
     """Clamp for t in ε→x (ε-prediction only)."""
+
+    def flow_path(self) -> FlowPath:
+        """This section as the :class:`FlowPath` value the target is bound to."""
+        return FlowPath(self.noise_scale, self.t_eps, self.t_min)
 
 
 class MuonSection(BaseModel):
@@ -108,10 +128,10 @@ class TrainSection(BaseModel):
 
 class SampleSection(BaseModel):
     model_config = STRICT
-    sampler: ComponentRef = Field(default_factory=lambda: ref("sde", steps=32, gamma=1.5))
+    sampler: ComponentRef = Field(default_factory=lambda: default_ref("sde", SdeConfig))
     grid: ComponentRef | None = None
     """Time component giving the grid; None = the recipe's training `time` (ELF)."""
-    guidance: ComponentRef = Field(default_factory=lambda: ref("self-cond", scale=3.0))
+    guidance: ComponentRef = Field(default_factory=lambda: default_ref("self-cond", SelfCondConfig))
     num_samples: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
     use_ema: bool = True
@@ -145,9 +165,9 @@ class Recipe(BaseModel):
     data: ComponentRef
     embedder: ComponentRef
     backbone: ComponentRef
-    target: ComponentRef = Field(default_factory=lambda: ref("x", loss_space="v"))
-    time: ComponentRef = Field(default_factory=lambda: ref("logit-normal", mean=-1.5, std=0.8))
-    objective: ComponentRef = Field(default_factory=lambda: ref("elf"))
+    target: ComponentRef = Field(default_factory=lambda: default_ref("x", TargetConfig))
+    time: ComponentRef = Field(default_factory=lambda: default_ref("logit-normal", LogitNormalConfig))
+    objective: ComponentRef = Field(default_factory=lambda: default_ref("elf", ElfObjectiveConfig))
     path: PathSection = PathSection()
     train: TrainSection = TrainSection()
     sample: SampleSection = SampleSection()

@@ -47,7 +47,7 @@ def _setup(self_conditioning: bool, guidance_tokens: bool):
     b, s, d = 3, 6, 4
     mask = torch.arange(s).unsqueeze(0) < torch.tensor([[0], [1], [3]])            # (B, S)
     cond = Condition.from_mask(torch.randn(b, s, d, generator=g), mask)
-    evaluate = ModelEvaluator(runner, XTarget(TargetConfig()), FlowPath(noise_scale=2.0), cond)
+    evaluate = ModelEvaluator(runner, XTarget(TargetConfig()).bind(FlowPath(noise_scale=2.0)), cond)
     z = 2.0 * torch.randn(b, s, d, generator=g)
     t = torch.tensor([0.1, 0.4, 0.7])
     return runner, evaluate, cond, z, t

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from elfkit import hookimpl
-from elfkit.components.samplers.base import SamplerConfig, as_grid, batch_time
+from elfkit.components.samplers.base import ConfigSteps, SamplerConfig, as_grid, batch_time
 from elfkit.contracts import Denoiser
 from elfkit.records import SamplerOutput
 
@@ -35,15 +35,12 @@ class HeunConfig(SamplerConfig):
     """Heun has no knobs besides ``steps`` (grid intervals; 2·steps − 1 denoiser calls)."""
 
 
-class HeunSampler:
-    """Second-order, deterministic; Euler on the last interval. Holds only its config."""
+class HeunSampler(ConfigSteps[HeunConfig]):
+    """Second-order, deterministic; Euler on the last interval. Holds only its config
+    (``steps`` comes from it through :class:`ConfigSteps`)."""
 
     def __init__(self, cfg: HeunConfig) -> None:
         self.cfg = cfg
-
-    @property
-    def steps(self) -> int:
-        return self.cfg.steps
 
     def nfe(self, steps: int) -> int:
         return 2 * steps - 1

@@ -23,7 +23,7 @@ from elfkit.generation import Condition, GenerationResult, ModelEvaluator, gener
 from elfkit.testing import StubRunner
 
 PATH = FlowPath(noise_scale=2.0)
-X = XTarget(TargetConfig())
+X = XTarget(TargetConfig()).bind(PATH)
 
 
 def _condition(b=3, s=6, d=4, lengths=(0, 2, 3), seed=0):
@@ -37,7 +37,7 @@ def _condition(b=3, s=6, d=4, lengths=(0, 2, 3), seed=0):
 # ----------------------------------------------------------------------------------------
 def test_evaluator_pins_inputs_and_restores_outputs():
     runner, cond = StubRunner(), _condition()
-    ev = ModelEvaluator(runner, X, PATH, cond)
+    ev = ModelEvaluator(runner, X, cond)
     z, t = torch.randn(3, 6, 4), torch.tensor([0.1, 0.5, 0.9])
     prev = torch.randn(3, 6, 4)
     pred = ev(z, t, prev, guidance_scale=2.5)
@@ -61,7 +61,7 @@ def test_evaluator_first_call_slot_drop_condition_and_capabilities():
     cond = _condition()
     m = cond.mask.unsqueeze(-1)
     runner = StubRunner()
-    ev = ModelEvaluator(runner, X, PATH, cond)
+    ev = ModelEvaluator(runner, X, cond)
     z, t = torch.randn(3, 6, 4), torch.full((3,), 0.3)
     ev(z, t, None, guidance_scale=1.0)
     assert torch.equal(runner.calls[-1].self_cond, torch.where(m, cond.latents, 0.0))   # zeros + condition
@@ -72,14 +72,14 @@ def test_evaluator_first_call_slot_drop_condition_and_capabilities():
     with pytest.raises(ElfkitError, match="guidance_scale"):
         ev(z, t, None)
     plain = StubRunner(self_conditioning=False, guidance_tokens=False)
-    ModelEvaluator(plain, X, PATH, cond)(z, t, torch.randn(3, 6, 4), guidance_scale=3.0)
+    ModelEvaluator(plain, X, cond)(z, t, torch.randn(3, 6, 4), guidance_scale=3.0)
     assert plain.calls[-1].self_cond is None and plain.calls[-1].guidance is None
 
 
 def test_evaluator_uses_the_target_conversion():
     runner = StubRunner(guidance_tokens=False)
     z, t = torch.randn(2, 3, 4), torch.tensor([0.3, 0.6])
-    pred = ModelEvaluator(runner, EpsTarget(TargetConfig()), PATH)(z, t)
+    pred = ModelEvaluator(runner, EpsTarget(TargetConfig()).bind(PATH))(z, t)
     raw = runner.denoise(z, t, torch.zeros_like(z), None)
     assert torch.allclose(pred.eps, 2.0 * raw)                 # ε target: unit noise × s
     assert torch.allclose(pred.v, pred.x - pred.eps, atol=1e-5)
@@ -122,7 +122,7 @@ def _reference_elf(runner, grid_time, steps, gamma, w, cond, seed, length):
 def test_generate_matches_the_reference_loop(grid_time):
     cond = _condition()
     runner = StubRunner()
-    res = generate(runner, X, PATH, SdeSampler(SdeConfig(steps=8, gamma=1.5)), grid_time,
+    res = generate(runner, X, SdeSampler(SdeConfig(steps=8, gamma=1.5)), grid_time,
                    SelfCondGuidance(SelfCondConfig(scale=3.0)), num=3, length=6,
                    generator=torch.Generator().manual_seed(5), condition=cond)
     ref_ids, ref_z = _reference_elf(StubRunner(), grid_time, 8, 1.5, 3.0, cond, seed=5, length=6)
@@ -138,7 +138,7 @@ def test_generate_counts_forwards_and_is_seeded():
     cond = _condition()
     runner = StubRunner()
     kw = dict(num=3, length=6, condition=cond)
-    args = (X, PATH, EulerSampler(EulerConfig(steps=5)), LogitNormalTime(LogitNormalConfig()),
+    args = (X, EulerSampler(EulerConfig(steps=5)), LogitNormalTime(LogitNormalConfig()),
             CfgGuidance(CfgConfig(scale=2.0)))
     a = generate(runner, *args, generator=torch.Generator().manual_seed(1), **kw)
     assert a.nfe == 10 and runner.denoise_calls == 10                          # 5 calls × 2 passes
@@ -158,7 +158,7 @@ def test_generate_counts_forwards_and_is_seeded():
 
 def test_generate_unconditional_without_guidance_tokens_and_float64():
     runner = StubRunner(self_conditioning=False, guidance_tokens=False)
-    res = generate(runner, X, PATH, EulerSampler(EulerConfig(steps=3)), UniformTime(UniformConfig()),
+    res = generate(runner, X, EulerSampler(EulerConfig(steps=3)), UniformTime(UniformConfig()),
                    NoGuidance(NoGuidanceConfig()), num=1, length=5, generator=torch.Generator().manual_seed(0),
                    dtype=torch.float64)
     assert res.z.dtype == torch.float64 and res.nfe == 3
@@ -167,7 +167,7 @@ def test_generate_unconditional_without_guidance_tokens_and_float64():
 
 def test_generate_rejects_a_mismatched_condition():
     with pytest.raises(ElfkitError, match="condition"):
-        generate(StubRunner(), X, PATH, EulerSampler(EulerConfig(steps=2)), UniformTime(UniformConfig()),
+        generate(StubRunner(), X, EulerSampler(EulerConfig(steps=2)), UniformTime(UniformConfig()),
                  NoGuidance(NoGuidanceConfig()), num=2, length=6, generator=None, condition=_condition())
 
 

@@ -45,8 +45,6 @@ class DatasetConfig(ComponentConfig):
     cache_latents: Literal["auto", "always", "never"] = "auto"
     """Precompute frozen-encoder latents (unconditional fixed chunks without label drop only)."""
     max_train_examples: int | None = Field(None, gt=0)
-    """Cap on training examples: the pipeline keeps a fixed random subset (seeded by the run seed)."""
-    max_train_examples: int | None = Field(None, gt=0)
     """Train on a fixed random subset of this many examples (CPU-sized runs); None = all."""
 
     @model_validator(mode="after")

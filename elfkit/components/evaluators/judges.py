@@ -204,7 +204,3 @@ def load_judge(spec: str, *, precision: str = "fp32", device: str = "auto") -> J
         else:
             _CACHE[key] = HFJudge.load(spec, precision=precision, device=device)
     return _CACHE[key]
-
-
-def clear_judge_cache() -> None:
-    _CACHE.clear()

@@ -8,7 +8,9 @@ for exporter plugins: :mod:`.spec` (what an export covers), :mod:`.trace` (the t
 modules), :mod:`.build` (trace → files → reopen → parity → manifest), :mod:`.parity`,
 :mod:`.manifest` and :mod:`.runner` (artifacts as a :class:`~elfkit.contracts.ModelRunner`).
 
-    path = export_backbone(backbone, "onnx", Path("out/onnx"), ExportSpec(precision="fp32"), registry)
+    target = registry.build("target", "x").bind(FlowPath())     # the model's target, bound to its path
+    path = export_backbone(backbone, "onnx", Path("out/onnx"), ExportSpec(precision="fp32"), registry,
+                           target=target)
     runner = load_runner(Path("out/onnx"), registry=registry)   # a ModelRunner, like the eager backbone
 """
 
@@ -23,7 +25,6 @@ from elfkit.components.exporters.runner import (
     export_backbone,
     get_exporter,
     load_runner,
-    spec_from_recipe,
 )
 from elfkit.components.exporters.spec import PRECISIONS, DimRange, ExportSpec, ParityThresholds, parse_range
 from elfkit.components.exporters.torch_export import TorchExportConfig, TorchExportExporter
@@ -34,7 +35,6 @@ __all__ = [
     "MANIFEST", "PRECISIONS", "TENSORRT_INSTALL", "ArtifactRunner", "DimRange", "ExportSpec", "Exporter", "Metrics",
     "OnnxConfig", "OnnxExporter", "ParityReport", "ParityThresholds", "TorchExportConfig", "TorchExportExporter",
     "check_parity", "compare", "export_backbone", "get_exporter", "load_runner", "parse_range", "read_manifest",
-    "spec_from_recipe",
 ]
 
 

@@ -4,7 +4,8 @@ An exporter supplies two functions: ``build(traced, out_dir) -> Built`` writes i
 ``open_runner(out_dir, manifest, device) -> ModelRunner`` runs them. Opening the files
 just written (rather than the in-memory graph) means parity checks exactly what a user
 will load. The manifest is written last and only when parity passed, so a refused
-export can never be loaded by mistake; its figures go to ``parity-failed.json``.
+export can never be loaded by mistake; its figures go to ``parity-failed.json``. It records
+the resolved target and flow path the outputs are to be read with (``target``, ``path``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from elfkit.components.exporters.parity import check_parity
 from elfkit.components.exporters.runner import eager_reference_runner
 from elfkit.components.exporters.spec import DTYPES, ExportSpec
 from elfkit.components.exporters.trace import TracedBackbone, backbone_config, trace_backbone
+from elfkit.components.targets import Target
 from elfkit.contracts import ModelRunner
 
 PARITY_FAILED = "parity-failed.json"
@@ -44,7 +46,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}[dtype]
 
 
-def export_artifact(backbone: nn.Module, out_dir: Path, spec: ExportSpec, *, fmt: str,
+def export_artifact(backbone: nn.Module, out_dir: Path, spec: ExportSpec, *, target: Target, fmt: str,
                     exporter_config: BaseModel, default_device: str,
                     build: Callable[[TracedBackbone, Path], Built],
                     open_runner: Callable[[Path, dict[str, Any], torch.device], ModelRunner],
@@ -52,7 +54,8 @@ def export_artifact(backbone: nn.Module, out_dir: Path, spec: ExportSpec, *, fmt
                     extra_versions: tuple[str, ...] = ()) -> Path:
     """Run the shared sequence; returns the manifest path.
 
-    ``trace_precision`` overrides the dtype the graph is traced in (TensorRT autocast
+    ``target`` is the model's target bound to its flow path: parity derives v̂ with it and
+    the manifest records both. ``trace_precision`` overrides the dtype the graph is traced in (TensorRT autocast
     traces fp32 and lowers precision inside the engine); the manifest still records
     ``spec.precision`` and the artifact's input dtype separately.
     """
@@ -85,6 +88,7 @@ def export_artifact(backbone: nn.Module, out_dir: Path, spec: ExportSpec, *, fmt
         "capabilities": traced.capabilities.to_dict(),
         "backbone": {"class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
                      "config": backbone_config(backbone)},
+        **target.describe(),
         "versions": library_versions(extra_versions),
         "source": dict(metadata or {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -97,7 +101,7 @@ def export_artifact(backbone: nn.Module, out_dir: Path, spec: ExportSpec, *, fmt
         runner = open_runner(out_dir, manifest, device)
         reference = eager_reference_runner(traced.reference_denoise, traced.reference_decode,
                                            traced.capabilities, device)
-        report = check_parity(runner, reference, spec, traced.batch, traced.seq, device)
+        report = check_parity(runner, reference, spec, traced.batch, traced.seq, target, device)
         timings["parity_s"] = time.perf_counter() - t0
         parity = report.to_dict()
         if not report.passed:

@@ -25,6 +25,7 @@ from elfkit.components.exporters.manifest import capabilities_from, read_manifes
 from elfkit.components.exporters.runner import ArtifactRunner
 from elfkit.components.exporters.spec import DTYPES, DimRange, ExportSpec
 from elfkit.components.exporters.trace import DECODE_INPUTS, DENOISE_INPUTS, TracedBackbone, quiet_torch_deprecations
+from elfkit.components.targets import Target
 from elfkit.config import ComponentConfig
 from elfkit.errors import ExportError, MissingDependencyError
 
@@ -65,14 +66,14 @@ class OnnxExporter:
     def __init__(self, cfg: OnnxConfig) -> None:
         self.cfg = cfg
 
-    def export(self, backbone: nn.Module, out_dir: Path, spec: ExportSpec, *,
+    def export(self, backbone: nn.Module, out_dir: Path, spec: ExportSpec, *, target: Target,
                metadata: dict[str, Any] | None = None) -> Path:
         if spec.precision == "bf16" and torch.device(spec.device or "cpu").type == "cpu":
             raise ExportError("onnx export at bf16 cannot be checked on cpu: onnxruntime's CPU provider has no "
                               "bf16 MatMul. Use --precision fp16 (runs on CPU) or fp32, --format torch-export for "
                               "bf16, or export on a CUDA machine (ExportSpec.device='cuda', onnxruntime-gpu)")
         _require("onnx"), _require("onnxscript"), _require("onnxruntime")
-        return export_artifact(backbone, out_dir, spec, fmt=self.format, exporter_config=self.cfg,
+        return export_artifact(backbone, out_dir, spec, target=target, fmt=self.format, exporter_config=self.cfg,
                                default_device="cpu", build=self._build, open_runner=self.open, metadata=metadata)
 
     def _build(self, traced: TracedBackbone, out_dir: Path) -> Built:

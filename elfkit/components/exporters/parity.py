@@ -5,7 +5,8 @@ min, opt and max shapes of the exported ranges plus an odd length; for each case
 abs error, relative L2 error and cosine similarity of the denoiser output, of the v̂
 derived from it (the 1/max(1−t, t_eps) factor amplifies x̂ error near t=1) and of the
 decoder logits. Each batch row carries one of the times, so one forward per shape
-covers every t.
+covers every t. Inputs lie on the model's own flow path and v̂ uses its own target: the
+caller's bound target supplies both (a plugin target works like a built-in one).
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ import torch
 from torch import Tensor
 
 from elfkit.components.exporters.spec import DimRange, ExportSpec, ParityThresholds
-from elfkit.components.targets import EpsTarget, TargetConfig, VTarget, XTarget
+from elfkit.components.targets import Target
 from elfkit.contracts import ModelRunner
-from elfkit.core.flow import FlowPath
 from elfkit.errors import ExportError
-
-_TARGETS = {"x": XTarget, "eps": EpsTarget, "v": VTarget}
 
 
 @dataclass(frozen=True)
@@ -136,13 +134,6 @@ class ParityReport:
             "if this deviation is acceptable for your use.")
 
 
-def _target(name: str) -> Any:
-    if name in _TARGETS:
-        return _TARGETS[name](TargetConfig())
-    from elfkit.registry import default_registry  # a plugin target
-    return default_registry().build("target", name)
-
-
 def parity_shapes(batch: DimRange, seq: DimRange) -> list[tuple[int, int]]:
     """min, opt, max and an odd length inside the range (deduplicated, in that order)."""
     odd = [n for n in (seq.opt + 1, seq.opt - 1, seq.opt, seq.max - 1) if n % 2 and seq.min <= n <= seq.max]
@@ -151,10 +142,14 @@ def parity_shapes(batch: DimRange, seq: DimRange) -> list[tuple[int, int]]:
 
 
 def check_parity(artifact: ModelRunner, reference: ModelRunner, spec: ExportSpec, batch: DimRange, seq: DimRange,
-                 device: torch.device | str = "cpu") -> ParityReport:
-    """Compare ``artifact`` with the fp32 ``reference`` on random inputs (deterministic in ``spec.seed``)."""
+                 target: Target, device: torch.device | str = "cpu") -> ParityReport:
+    """Compare ``artifact`` with the fp32 ``reference`` on random inputs (deterministic in ``spec.seed``).
+
+    ``target`` is bound to the model's flow path: inputs are drawn on that path and v̂ is
+    derived with that target's conversions.
+    """
     caps = reference.capabilities
-    target, path = _target(spec.target), FlowPath(spec.noise_scale, spec.t_eps, spec.t_min)
+    path = target.path
     report = ParityReport(thresholds=spec.thresholds(), precision=spec.precision)
     gen = torch.Generator().manual_seed(spec.seed)
     times = torch.tensor(spec.parity_times, dtype=torch.float32)
@@ -170,7 +165,7 @@ def check_parity(artifact: ModelRunner, reference: ModelRunner, spec: ExportSpec
         sc = sc.to(device) if sc is not None else None
         g = g.to(device) if g is not None else None
         out_a, out_r = artifact.denoise(z, t, sc, g), reference.denoise(z, t, sc, g)
-        v_a, v_r = target.predict(out_a.float(), z, t, path).v, target.predict(out_r.float(), z, t, path).v
+        v_a, v_r = target.predict(out_a.float(), z, t).v, target.predict(out_r.float(), z, t).v
         if not out_r.abs().max() > 0:
             zero_ref.add("denoise")
         for tv in spec.parity_times:

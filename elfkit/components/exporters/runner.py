@@ -1,25 +1,31 @@
 """Exported artifacts as :class:`~elfkit.contracts.ModelRunner` s, and the export entry point.
 
-``load_runner(dir)`` reads ``manifest.json`` and asks the exporter registered under its
-``format`` to open the files; what comes back plugs into the same samplers and guidance
-as the eager backbone (``elfkit.generation.generate(runner, ...)``).
-``export_backbone(...)`` is what ``elfkit export`` calls.
+``load_runner(dir, registry=...)`` reads ``manifest.json`` and asks the exporter registered
+under its ``format`` to open the files; what comes back plugs into the same samplers and
+guidance as the eager backbone (``elfkit.generation.generate(runner, ...)``).
+``export_backbone(...)`` is what ``elfkit export`` calls. Both use the registry they are
+given (the run's, with its plugins): this layer never builds one of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
+from elfkit.components.exporters.manifest import read_manifest
 from elfkit.components.exporters.spec import DimRange, ExportSpec
-from elfkit.contracts import ModelRunner
+from elfkit.components.targets import Target
+from elfkit.contracts import Exporter, ModelRunner
 from elfkit.errors import ExportError, MissingDependencyError, RegistryError
 from elfkit.records import ModelCapabilities
+
+if TYPE_CHECKING:  # the registry sits above the components; only its type is needed here
+    from elfkit.registry import Registry
 
 TENSORRT_INSTALL = ('pip install "elfkit[trt]" ./plugins/elfkit-tensorrt  (on a CUDA 13 machine that can reach '
                     "NVIDIA's package index, pypi.nvidia.com)")
@@ -121,18 +127,10 @@ def eager_reference_runner(denoise: nn.Module, decode: nn.Module | None, capabil
 # ----------------------------------------------------------------------------------------
 # Entry points
 # ----------------------------------------------------------------------------------------
-def _registry(registry: Any | None) -> Any:
-    if registry is not None:
-        return registry
-    from elfkit.registry import default_registry
-    return default_registry()
-
-
-def get_exporter(fmt: str, registry: Any | None = None, config: Mapping[str, Any] | None = None) -> Any:
+def get_exporter(fmt: str, registry: Registry, config: Mapping[str, Any] | None = None) -> Exporter:
     """Build the exporter registered as ``fmt``; a missing TensorRT plugin says how to install it."""
-    reg = _registry(registry)
     try:
-        spec = reg.get("exporter", fmt)
+        spec = registry.get("exporter", fmt)
     except RegistryError:
         if fmt == "tensorrt":
             raise MissingDependencyError(
@@ -147,35 +145,24 @@ def get_exporter(fmt: str, registry: Any | None = None, config: Mapping[str, Any
                           f"(allowed keys: {', '.join(spec.config.model_fields)})") from None
 
 
-def spec_from_recipe(recipe: Any, **overrides: Any) -> ExportSpec:
-    """An :class:`ExportSpec` whose parity inputs and v̂ use the recipe's target and path.
-
-    ``overrides`` are ExportSpec fields (precision, batch, seq, device, parity, ...);
-    the CLI passes ``batch=parse_range(...)`` etc.
-    """
-    base = {"target": recipe.target.name, "noise_scale": recipe.path.noise_scale,
-            "t_eps": recipe.path.t_eps, "t_min": recipe.path.t_min}
-    return ExportSpec(**{**base, **overrides})
-
-
-def export_backbone(backbone: nn.Module, fmt: str, out_dir: Path, spec: ExportSpec | None = None,
-                    registry: Any | None = None, *, config: Mapping[str, Any] | None = None,
+def export_backbone(backbone: nn.Module, fmt: str, out_dir: Path, spec: ExportSpec, registry: Registry, *,
+                    target: Target, config: Mapping[str, Any] | None = None,
                     metadata: Mapping[str, Any] | None = None) -> Path:
     """Export ``backbone`` with the exporter registered as ``fmt``; returns the manifest path.
 
-    ``config`` is the exporter's own config (e.g. ``{"aot_inductor": True}``); ``metadata``
-    (checkpoint path, recipe, backbone registry name, target...) is copied into the manifest
-    under ``"source"`` so ``elfkit sample --engine`` can rebuild what it needs.
+    ``target`` is the model's target bound to its flow path (``Components.target``): the
+    parity check derives v̂ with it and the manifest records it. ``config`` is the exporter's
+    own config (e.g. ``{"aot_inductor": True}``); ``metadata`` (checkpoint path, recipe,
+    step...) is copied into the manifest under ``"source"``.
     Raises :class:`ExportError` (export failed or parity refused) or
     :class:`MissingDependencyError` (format not available here).
     """
     exporter = get_exporter(fmt, registry, config)
-    return exporter.export(backbone, Path(out_dir), spec or ExportSpec(), metadata=dict(metadata or {}))
+    return exporter.export(backbone, Path(out_dir), spec, target=target, metadata=dict(metadata or {}))
 
 
-def load_runner(artifact_dir: Path, device: torch.device | str = "cpu", registry: Any | None = None) -> ModelRunner:
+def load_runner(artifact_dir: Path, device: torch.device | str = "cpu", *, registry: Registry) -> ModelRunner:
     """Open an export folder as a :class:`ModelRunner`, dispatching on the manifest's ``format``."""
-    from elfkit.components.exporters.manifest import read_manifest
     manifest = read_manifest(Path(artifact_dir))
     exporter = get_exporter(manifest["format"], registry, manifest.get("exporter_config") or {})
     return exporter.load(Path(artifact_dir), device)

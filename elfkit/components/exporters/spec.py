@@ -3,7 +3,8 @@
 One :class:`ExportSpec` drives every exporter (torch-export, ONNX, TensorRT), so the same
 CLI flags mean the same thing for each format. Ranges are ``MIN:OPT:MAX`` like TensorRT
 optimisation profiles; ``opt`` is the shape engines tune for and the example size used
-when tracing.
+when tracing. The model's target and flow path are not settings of the export: the caller
+passes the bound target the model was trained with (see :func:`~.runner.export_backbone`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from elfkit.core.flow import T_EPS, T_MIN
 from elfkit.errors import ExportError
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -111,7 +111,7 @@ class ParityThresholds(_Frozen):
 
 
 class ExportSpec(_Frozen):
-    """Everything an exporter needs besides the backbone and the output folder."""
+    """Everything an exporter needs besides the backbone, its bound target and the output folder."""
 
     precision: Precision = "fp32"
     """Weights and activations dtype of the artifact; the parity reference is always eager fp32."""
@@ -127,14 +127,6 @@ class ExportSpec(_Frozen):
     """Compare against eager fp32 before writing the manifest (refuse above thresholds)."""
     parity_times: tuple[float, ...] = (0.02, 0.25, 0.5, 0.75, 0.98)
     """Times at which the denoiser is compared (v̂'s 1/(1−t) amplification peaks near 1)."""
-    target: str = "x"
-    """Registered target (x, eps, v, ...) the model was trained with; only used to derive v̂ for parity."""
-    noise_scale: float = Field(1.0, gt=0)
-    """Scale of the parity inputs' noise (ELF: 2.0) and of ε-outputs."""
-    t_eps: float = Field(T_EPS, gt=0, lt=1)
-    """Clamp on 1−t when deriving v̂ from x̂ (ELF 0.05)."""
-    t_min: float = Field(T_MIN, gt=0, lt=1)
-    """Clamp on t when deriving v̂ from ε̂."""
     seed: int = 0
     """Seed of the parity inputs."""
 

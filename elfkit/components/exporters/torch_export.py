@@ -20,6 +20,7 @@ from elfkit.components.exporters.manifest import capabilities_from, read_manifes
 from elfkit.components.exporters.runner import ArtifactRunner
 from elfkit.components.exporters.spec import DTYPES, DimRange, ExportSpec
 from elfkit.components.exporters.trace import TracedBackbone, quiet_torch_deprecations
+from elfkit.components.targets import Target
 from elfkit.config import ComponentConfig
 from elfkit.errors import ExportError
 
@@ -50,9 +51,9 @@ class TorchExportExporter:
     def __init__(self, cfg: TorchExportConfig) -> None:
         self.cfg = cfg
 
-    def export(self, backbone: nn.Module, out_dir: Path, spec: ExportSpec, *,
+    def export(self, backbone: nn.Module, out_dir: Path, spec: ExportSpec, *, target: Target,
                metadata: dict[str, Any] | None = None) -> Path:
-        return export_artifact(backbone, out_dir, spec, fmt=self.format, exporter_config=self.cfg,
+        return export_artifact(backbone, out_dir, spec, target=target, fmt=self.format, exporter_config=self.cfg,
                                default_device="cpu", build=self._build, open_runner=self.open, metadata=metadata)
 
     def _build(self, traced: TracedBackbone, out_dir: Path) -> Built:

@@ -23,7 +23,7 @@ row in every pass) for benchmarks and parity tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -36,7 +36,7 @@ from elfkit.components.objectives.guided import guided_target, log_uniform_guida
 from elfkit.components.targets import Target
 from elfkit.config import ComponentConfig
 from elfkit.core.flow import FlowPath
-from elfkit.records import Batch
+from elfkit.records import Batch, Prediction
 
 
 class ElfObjectiveConfig(ComponentConfig):
@@ -86,6 +86,38 @@ def _rows(mask: Tensor) -> Tensor:
     return mask.nonzero(as_tuple=True)[0]
 
 
+@dataclass(frozen=True)
+class _HelperInputs:
+    """What the no-grad self-conditioning passes read, for all rows or a subset (:meth:`take`)."""
+
+    raw: nn.Module        # the bare backbone (never DDP-wrapped: these passes are not synchronised)
+    z: Tensor             # (B,S,D) interpolant, condition positions clean
+    t: Tensor             # (B,)
+    w: Tensor | None      # (B,) guidance scale, None without guidance tokens
+    x0: Tensor            # (B,S,D) clean latents (label-dropped conditions zeroed)
+    cond: Tensor          # (B,S,1) bool, condition positions
+    sc0: Tensor           # (B,S,D) the empty self-cond slot: the clean condition, zeros elsewhere
+    target: Target        # bound to the path
+    guided: bool          # also move the loss target by the guided term
+
+    def take(self, rows: Tensor) -> _HelperInputs:
+        return replace(self, z=self.z[rows], t=self.t[rows], w=None if self.w is None else self.w[rows],
+                       x0=self.x0[rows], cond=self.cond[rows], sc0=self.sc0[rows])
+
+    def predict(self, sc: Tensor, logits: bool = False) -> Prediction:
+        """One helper forward with ``sc`` in the self-cond slot; ``logits``: also run the decoder head,
+        as the official port does whenever it passes a mode gate (reference execution)."""
+        out = self.raw(self.z, self.t, self_cond=sc, guidance=self.w, decode=False)
+        if logits:
+            self.raw.decode_logits(out.hidden)
+        return self.target.predict(out.out.float(), self.z, self.t)
+
+    def guide(self, tgt: Tensor, pred_c: Prediction, pred_u: Prediction, use_sc: Tensor) -> Tensor:
+        assert self.w is not None, "guided targets need guidance tokens (w)"
+        return guided_target(tgt, self.target.in_loss_space(pred_c).float(),
+                             self.target.in_loss_space(pred_u).float(), use_sc, self.w)
+
+
 class ElfObjective:
     """The ELF loss. Stateless apart from its config; call once per micro-batch."""
 
@@ -116,15 +148,19 @@ class ElfObjective:
         return ElfDraws(t, noise, is_dec, lam, dec_noise, use_sc, w)
 
     def __call__(self, backbone: nn.Module, batch: Batch, x0: Tensor, *, target: Target, time: Any,
-                 path: FlowPath, generator: torch.Generator | None = None) -> ObjectiveOutput:
-        """Loss of one micro-batch. ``x0`` (B,S,D) clean latents; ``backbone`` may be DDP-wrapped."""
+                 generator: torch.Generator | None = None, path: FlowPath | None = None) -> ObjectiveOutput:
+        """Loss of one micro-batch. ``x0`` (B,S,D) clean latents; ``backbone`` may be DDP-wrapped;
+        ``target`` is bound to the flow path (``path``, if given, binds or rebinds it)."""
         draws = self.draw(x0, unwrap(backbone).capabilities, time=time, generator=generator)
         return self.loss_from_draws(backbone, batch, x0, draws, target=target, path=path)
 
     # ------------------------------------------------------------------ the loss
     def loss_from_draws(self, backbone: nn.Module, batch: Batch, x0: Tensor, draws: ElfDraws, *,
-                        target: Target, path: FlowPath) -> ObjectiveOutput:
-        """The loss for given draws (tests pass fixed tensors here)."""
+                        target: Target, path: FlowPath | None = None) -> ObjectiveOutput:
+        """The loss for given draws (tests pass fixed tensors here). ``path`` binds an unbound
+        ``target`` (or overrides the bound path), for callers that hold the two separately."""
+        if path is not None:
+            target = target.bind(path)
         raw = unwrap(backbone)
         caps = raw.capabilities
         cfg = self.cfg
@@ -133,28 +169,28 @@ class ElfObjective:
         mask = batch.loss_mask.to(torch.float32)                            # (B,S)
 
         # --- the interpolant, clean (or dropped) condition positions
-        z = torch.where(cond, x0, path.interpolate(x0, draws.noise, t))     # (B,S,D)
+        z = torch.where(cond, x0, target.path.interpolate(x0, draws.noise, t))   # (B,S,D)
         if batch.label_drop is not None and bool(batch.label_drop.any()):
             dropped = cond & batch.label_drop.to(torch.bool)[:, None, None]
             z = z.masked_fill(dropped, 0.0)
             x0 = x0.masked_fill(dropped, 0.0)
-        tgt = target.in_loss_space(target.truth(x0, draws.noise, z, t, path)).float()   # v* (B,S,D)
+        tgt = target.in_loss_space(target.truth(x0, draws.noise, z, t)).float()   # v* (B,S,D)
 
         is_dec = draws.is_dec
         dec, den = _rows(is_dec), _rows(~is_dec)
         sc_rows = _rows(~is_dec & draws.use_sc)
-        guided = (cfg.guided_target and caps.self_conditioning and caps.guidance_tokens
-                  and cfg.self_cond_prob > 0)
+        guided = bool(cfg.guided_target and caps.self_conditioning and caps.guidance_tokens
+                      and cfg.self_cond_prob > 0)
 
         # --- self-conditioning slot and guided target (no grad, current weights, same w)
         sc_slot = None
         if caps.self_conditioning:
-            sc0 = torch.where(cond, x0, torch.zeros_like(x0))
+            helper = _HelperInputs(raw=raw, z=z, t=t, w=w, x0=x0, cond=cond,
+                                   sc0=torch.where(cond, x0, torch.zeros_like(x0)), target=target, guided=guided)
             if cfg.execution == "fast":
-                sc_slot, tgt = self._self_cond_fast(raw, z, t, w, x0, cond, sc0, tgt, sc_rows, guided, target, path)
+                sc_slot, tgt = self._self_cond_fast(helper, tgt, sc_rows)
             else:
-                sc_slot, tgt = self._self_cond_reference(raw, z, t, w, x0, cond, sc0, tgt, is_dec, draws.use_sc,
-                                                         guided, target, path)
+                sc_slot, tgt = self._self_cond_reference(helper, tgt, ~is_dec & draws.use_sc)
 
         # --- one grad forward: decoder rows get dz, t=1, zero self-cond slot, mode on
         z_in, t_in = z.clone(), t.clone()
@@ -168,7 +204,7 @@ class ElfObjective:
         out = backbone(z_in, t_in, self_cond=sc_slot, guidance=w, decode=gate)
 
         # --- denoiser rows: L2 in the target's loss space
-        pred = target.predict(out.out[den].float(), z[den], t[den], path)
+        pred = target.predict(out.out[den].float(), z[den], t[den])
         l2_sum = (target.loss(pred, tgt[den]) * mask[den]).sum()
         # --- decoder rows: CE in fp32, logits only where the loss is taken
         ce_sum = l2_sum.new_zeros(())
@@ -198,38 +234,30 @@ class ElfObjective:
         return (ce * m[keep]).sum()
 
     @staticmethod
-    def _helper_pass(raw: nn.Module, z: Tensor, t: Tensor, w: Tensor | None, sc: Tensor, target: Target,
-                     path: FlowPath, logits: bool = False):
-        out = raw(z, t, self_cond=sc, guidance=w, decode=False)
-        if logits:  # the official port computes logits whenever it passes a mode gate
-            raw.decode_logits(out.hidden)
-        return target.predict(out.out.float(), z, t, path)
-
-    def _self_cond_fast(self, raw, z, t, w, x0, cond, sc0, tgt, rows, guided, target, path):
-        sc_slot = sc0.clone()
-        if rows.numel() == 0 and not is_sharded(raw):   # FSDP2: every rank runs the (empty) pass too
+    def _self_cond_fast(inp: _HelperInputs, tgt: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Helper passes on the self-conditioned denoiser ``rows`` only: (self-cond slot, loss target)."""
+        sc_slot = inp.sc0.clone()
+        if rows.numel() == 0 and not is_sharded(inp.raw):   # FSDP2: every rank runs the (empty) pass too
             return sc_slot, tgt
-        zr, tr, wr, cr = z[rows], t[rows], (None if w is None else w[rows]), cond[rows]
-        with torch.no_grad(), deterministic(raw):
-            pred_u = self._helper_pass(raw, zr, tr, wr, sc0[rows], target, path)
-            x_u = torch.where(cr, x0[rows], pred_u.x.to(x0.dtype))
+        sub = inp.take(rows)
+        with torch.no_grad(), deterministic(inp.raw):
+            pred_u = sub.predict(sub.sc0)
+            x_u = torch.where(sub.cond, sub.x0, pred_u.x.to(sub.x0.dtype))
             sc_slot[rows] = x_u
-            if guided:
-                pred_c = self._helper_pass(raw, zr, tr, wr, x_u, target, path)
+            if inp.guided:
+                pred_c = sub.predict(x_u)
                 tgt = tgt.clone()
-                tgt[rows] = guided_target(tgt[rows], target.in_loss_space(pred_c).float(),
-                                          target.in_loss_space(pred_u).float(),
-                                          torch.ones_like(tr), wr)
+                tgt[rows] = sub.guide(tgt[rows], pred_c, pred_u, torch.ones_like(sub.t))
         return sc_slot, tgt
 
-    def _self_cond_reference(self, raw, z, t, w, x0, cond, sc0, tgt, is_dec, use_sc, guided, target, path):
-        use = (~is_dec & use_sc)
-        with torch.no_grad(), deterministic(raw):
-            pred_u = self._helper_pass(raw, z, t, w, sc0, target, path, logits=True)
-            x_u = torch.where(cond, x0, pred_u.x.to(x0.dtype))
-            sc_slot = torch.where(use[:, None, None], x_u, sc0)
-            if guided:
-                pred_c = self._helper_pass(raw, z, t, w, x_u, target, path, logits=True)
-                tgt = guided_target(tgt, target.in_loss_space(pred_c).float(),
-                                    target.in_loss_space(pred_u).float(), use, w)
+    @staticmethod
+    def _self_cond_reference(inp: _HelperInputs, tgt: Tensor, use: Tensor) -> tuple[Tensor, Tensor]:
+        """The official port's helper passes: every row, logits included, masked by ``use`` (B,) afterwards."""
+        with torch.no_grad(), deterministic(inp.raw):
+            pred_u = inp.predict(inp.sc0, logits=True)
+            x_u = torch.where(inp.cond, inp.x0, pred_u.x.to(inp.x0.dtype))
+            sc_slot = torch.where(use[:, None, None], x_u, inp.sc0)
+            if inp.guided:
+                pred_c = inp.predict(x_u, logits=True)
+                tgt = inp.guide(tgt, pred_c, pred_u, use)
         return sc_slot, tgt

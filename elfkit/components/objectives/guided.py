@@ -10,12 +10,13 @@ import torch
 from torch import Tensor
 
 
-def log_uniform_guidance(n: int, w_min: float = 0.5, w_max: float = 5.0,
+def log_uniform_guidance(n: int, w_min: float, w_max: float,
                          generator: torch.Generator | None = None,
                          device: torch.device | str = "cpu") -> Tensor:
     """Self-conditioning guidance scale drawn so that ``1+w`` is log-uniform on [1+w_min, 1+w_max].
 
-    Reference: ``w = (1+w_min)·((1+w_max)/(1+w_min))^u − 1``, u ~ U(0,1).
+    Reference: ``w = (1+w_min)·((1+w_max)/(1+w_min))^u − 1``, u ~ U(0,1). The range is the
+    objective's config (``guidance_min``/``guidance_max``; ELF 0.5 and 5.0), not a default here.
     """
     u = torch.rand(n, generator=generator, device=device)
     return (1 + w_min) * ((1 + w_max) / (1 + w_min)) ** u - 1

@@ -1,17 +1,24 @@
-"""What every sampler shares: the ``steps`` config field and the small tensor chores.
+"""What every sampler shares: the ``steps`` config field, the grid it runs on, the tensor chores.
 
 Samplers are stateless (see :class:`elfkit.contracts.Sampler`): everything a run needs — the
 denoiser, the start latent, the time grid, the noise scale and the generator — arrives as
 arguments, so these helpers are pure functions. Plugins may import them.
+
+The step count is declared once, as :attr:`SamplerConfig.steps`; :class:`ConfigSteps` exposes
+it as the sampler's ``steps`` and :func:`sampling_grid` is the one place that turns it into
+the grid the sampler is called with (a sampler then reads K back as ``len(grid) − 1``).
 """
 
 from __future__ import annotations
+
+from typing import Generic, Protocol, TypeVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
 from elfkit.config import ComponentConfig
+from elfkit.contracts import Sampler
 from elfkit.errors import ElfkitError
 
 
@@ -20,6 +27,44 @@ class SamplerConfig(ComponentConfig):
 
     steps: int = Field(32, gt=0)
     """Grid intervals (ELF: 32 for ELF-B on OWT, 64 for ELF-M/L and the conditional tasks)."""
+
+
+C = TypeVar("C", bound=SamplerConfig)
+
+
+class ConfigSteps(Generic[C]):
+    """Base for samplers configured by a :class:`SamplerConfig` subclass ``C``: ``steps`` is the
+    config's, and one denoiser call per interval is the default ``nfe`` (override it otherwise)."""
+
+    cfg: C
+
+    @property
+    def steps(self) -> int:
+        return self.cfg.steps
+
+    def nfe(self, steps: int) -> int:
+        return steps
+
+
+class GridTime(Protocol):
+    """The part of a time component sampling uses: ``grid(steps, generator, device) -> (steps+1,)``."""
+
+    def grid(self, steps: int, generator: torch.Generator | None = None,
+             device: torch.device | str = "cpu") -> Tensor: ...
+
+
+def generator_device(generator: torch.Generator | None, device: torch.device | str) -> torch.device:
+    """Where draws from ``generator`` happen: its own device, so a CPU generator gives the same
+    numbers whatever device sampling runs on; without a generator, ``device``."""
+    return generator.device if generator is not None else torch.device(device)
+
+
+def sampling_grid(sampler: Sampler, time: GridTime, generator: torch.Generator | None,
+                  device: torch.device | str = "cpu") -> Tensor:
+    """The (K+1,) grid ``sampler`` runs on: K = ``sampler.steps`` intervals drawn by ``time`` from
+    ``generator`` (on the generator's device; ELF's logit-normal grid is random per batch),
+    moved to ``device``."""
+    return time.grid(sampler.steps, generator, generator_device(generator, device)).to(device)
 
 
 def as_grid(grid: Tensor, z: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from elfkit.components.samplers.base import SamplerConfig, as_grid, batch_time
+from elfkit.components.samplers.base import ConfigSteps, SamplerConfig, as_grid, batch_time
 from elfkit.contracts import Denoiser
 from elfkit.records import SamplerOutput
 
@@ -18,18 +18,11 @@ class EulerConfig(SamplerConfig):
     """Euler has no knobs besides ``steps``; unknown recipe keys are still errors."""
 
 
-class EulerSampler:
+class EulerSampler(ConfigSteps[EulerConfig]):
     """First-order and deterministic; one denoiser call per interval. Holds only its config."""
 
     def __init__(self, cfg: EulerConfig) -> None:
         self.cfg = cfg
-
-    @property
-    def steps(self) -> int:
-        return self.cfg.steps
-
-    def nfe(self, steps: int) -> int:
-        return steps
 
     def __call__(self, denoiser: Denoiser, z: Tensor, grid: Tensor, *, noise_scale: float,
                  generator: torch.Generator | None = None) -> SamplerOutput:

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from elfkit.components.samplers.base import SamplerConfig, as_grid, batch_time, fresh_noise
+from elfkit.components.samplers.base import ConfigSteps, SamplerConfig, as_grid, batch_time, fresh_noise
 from elfkit.contracts import Denoiser
 from elfkit.records import SamplerOutput
 
@@ -45,18 +45,11 @@ def churn(z: Tensor, t: Tensor, t_next: Tensor, gamma: float, noise: Tensor,
     return z_b, alpha * t
 
 
-class SdeSampler:
+class SdeSampler(ConfigSteps[SdeConfig]):
     """ELF's SDE churn sampler: one denoiser call per interval, fresh noise on all but the last."""
 
     def __init__(self, cfg: SdeConfig) -> None:
         self.cfg = cfg
-
-    @property
-    def steps(self) -> int:
-        return self.cfg.steps
-
-    def nfe(self, steps: int) -> int:
-        return steps
 
     def __call__(self, denoiser: Denoiser, z: Tensor, grid: Tensor, *, noise_scale: float,
                  generator: torch.Generator | None = None) -> SamplerOutput:

@@ -226,7 +226,7 @@ class _Trainer:
             tokens += x0.shape[0] * x0.shape[1]
             self.generator.manual_seed(micro_seed(c.recipe.seed, self.progress.step, a * info.world_size + info.rank))
             with dist_utils.grad_sync(self.model, a == train.grad_accum - 1), amp:
-                out = c.objective(self.model, batch, x0, target=c.target, time=c.time, path=c.path,
+                out = c.objective(self.model, batch, x0, target=c.target, time=c.time,
                                   generator=self.generator)
                 (out.loss / train.grad_accum).backward()
             for k, v in out.logs.items():

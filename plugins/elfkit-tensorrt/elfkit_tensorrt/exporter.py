@@ -32,6 +32,7 @@ from elfkit.components.exporters.manifest import capabilities_from, read_manifes
 from elfkit.components.exporters.runner import ArtifactRunner
 from elfkit.components.exporters.spec import DTYPES, DimRange, ExportSpec
 from elfkit.components.exporters.trace import DECODE_INPUTS, DENOISE_INPUTS, TracedBackbone
+from elfkit.components.targets import Target
 from elfkit.config import ComponentConfig
 from elfkit.errors import ExportError
 from elfkit_tensorrt._import import require_torch_tensorrt
@@ -103,7 +104,7 @@ class TensorRTExporter:
         self.cfg = cfg
 
     # --- export ---------------------------------------------------------------------------
-    def export(self, backbone: nn.Module, out_dir: Path, spec: ExportSpec, *,
+    def export(self, backbone: nn.Module, out_dir: Path, spec: ExportSpec, *, target: Target,
                metadata: dict[str, Any] | None = None) -> Path:
         trt = require_torch_tensorrt("--format tensorrt")   # fail before spending minutes tracing
         device = torch.device(spec.device or "cuda")
@@ -115,7 +116,7 @@ class TensorRTExporter:
 
         with _no_tf32(self.cfg.disable_tf32):
             return export_artifact(
-                backbone, out_dir, spec.model_copy(update={"device": str(device)}), fmt=self.format,
+                backbone, out_dir, spec.model_copy(update={"device": str(device)}), target=target, fmt=self.format,
                 exporter_config=self.cfg, default_device="cuda", build=build, open_runner=self.open,
                 metadata=metadata, trace_precision="fp32" if autocast_in_trt else None,
                 extra_versions=("tensorrt-cu13", "tensorrt-cu13-libs"))

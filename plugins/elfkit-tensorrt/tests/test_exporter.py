@@ -22,7 +22,7 @@ from elfkit.components.backbones import EagerRunner
 from elfkit.components.exporters import ExportSpec, export_backbone, load_runner, parse_range, read_manifest
 from elfkit.errors import MissingDependencyError
 from elfkit.registry import build_registry
-from tests.fixtures.exporting import inputs, tiny_backbone
+from tests.fixtures.exporting import TARGET, inputs, tiny_backbone
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("elfkit_tensorrt") is None:  # not pip-installed: use the source tree
@@ -95,7 +95,7 @@ def test_bare_exception_on_import_becomes_missing_dependency(broken_torch_tensor
 @pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is not None, reason="torch_tensorrt is installed")
 def test_format_tensorrt_without_torch_tensorrt_says_how_to_install(tmp_path, registry):
     with pytest.raises(MissingDependencyError, match=INSTALL) as err:
-        export_backbone(tiny_backbone(), "tensorrt", tmp_path, SPEC, registry)
+        export_backbone(tiny_backbone(), "tensorrt", tmp_path, SPEC, registry, target=TARGET)
     assert "torch-tensorrt (not installed)" in str(err.value)
     assert not (tmp_path / "manifest.json").exists()
     # the rest of elfkit is unaffected: the same registry still has the core formats, no plugin problems
@@ -162,7 +162,7 @@ def double_export(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trt_exporter, "require_torch_tensorrt", lambda *a, **k: fake)
         mp.setattr(trt_exporter, "_check_device", lambda device: None)   # the double runs on CPU
-        export_backbone(bb, "tensorrt", out, SPEC.model_copy(update={"device": "cpu"}), registry)
+        export_backbone(bb, "tensorrt", out, SPEC.model_copy(update={"device": "cpu"}), registry, target=TARGET)
         runner = load_runner(out, device="cpu", registry=registry)
     return fake, out, bb, runner
 
@@ -202,7 +202,7 @@ def test_loading_a_tensorrt_artifact_without_tensorrt_is_a_clear_error(double_ex
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_real_tensorrt_export_round_trip(tmp_path, registry, precision):
     bb = tiny_backbone()
-    export_backbone(bb, "tensorrt", tmp_path, SPEC.model_copy(update={"precision": precision}), registry)
+    export_backbone(bb, "tensorrt", tmp_path, SPEC.model_copy(update={"precision": precision}), registry, target=TARGET)
     m = read_manifest(tmp_path)
     assert m["parity"]["passed"] and m["versions"]["torch-tensorrt"]
     runner, eager = load_runner(tmp_path, device="cuda", registry=registry), EagerRunner(bb.cuda())

@@ -12,6 +12,7 @@ from elfkit.components.targets import EpsTarget, TargetConfig, VTarget, XTarget
 from elfkit.core import distributions as tmath
 from elfkit.core import flow
 from elfkit.core.flow import FlowPath
+from elfkit.errors import ElfkitError
 
 
 def T(*values: float) -> torch.Tensor:
@@ -118,6 +119,30 @@ def test_v_loss_equals_weighted_x_loss_for_x_target():
     lhs = target.loss(pred, truth.v)
     rhs = (x_hat - x).pow(2).mean(-1) / (1 - t).view(-1, 1) ** 2
     assert torch.allclose(lhs, rhs)
+
+
+def test_flow_path_defaults_are_elfs():
+    assert FlowPath() == FlowPath(noise_scale=flow.NOISE_SCALE, t_eps=flow.T_EPS, t_min=flow.T_MIN)
+    assert (flow.NOISE_SCALE, flow.T_EPS, flow.T_MIN) == (2.0, 0.05, 0.05)
+
+
+def test_a_bound_target_carries_its_path_and_an_explicit_path_overrides_it():
+    x, e0, _ = _draw()
+    t = T(0.2, 0.5, 0.97)
+    near, far = FlowPath(noise_scale=2.0, t_eps=0.05), FlowPath(noise_scale=2.0, t_eps=0.2)
+    z = near.interpolate(x, e0, t)
+    unbound = XTarget(TargetConfig())
+    bound = unbound.bind(near, name="x")
+    assert bound is not unbound and bound.path == near and bound.name == "x" and not unbound.is_bound
+    assert torch.equal(bound.predict(x, z, t).v, unbound.predict(x, z, t, near).v)
+    assert torch.equal(bound.predict(x, z, t, far).v, unbound.predict(x, z, t, far).v)    # explicit wins
+    assert not torch.equal(bound.predict(x, z, t).v, bound.predict(x, z, t, far).v)
+    assert torch.equal(bound.truth(x, e0, z, t).v, unbound.truth(x, e0, z, t, near).v)
+    with pytest.raises(ElfkitError, match="not bound"):
+        unbound.predict(x, z, t)
+    described = bound.describe()
+    assert described["target"]["name"] == "x" and described["target"]["config"] == {"loss_space": "v"}
+    assert described["path"] == {"noise_scale": 2.0, "t_eps": 0.05, "t_min": 0.05}
 
 
 def test_guided_target_formula():

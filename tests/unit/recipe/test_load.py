@@ -118,3 +118,25 @@ def test_switching_component_name_starts_from_its_defaults():
     assert d["sample"]["sampler"] == {"name": "euler", "steps": 8}
     same = apply_overrides({"sample": {"sampler": {"name": "sde", "gamma": 1.5}}}, ["sampler=sde"])
     assert same["sample"]["sampler"] == {"name": "sde", "gamma": 1.5}
+
+
+def test_schema_defaults_come_from_the_components(tmp_path):
+    """Default slots and the path section read the components' own defaults (declared once)."""
+    from elfkit.components.guidance import SelfCondConfig
+    from elfkit.components.objectives import ElfObjectiveConfig
+    from elfkit.components.samplers import SdeConfig
+    from elfkit.components.targets import TargetConfig
+    from elfkit.components.time import LogitNormalConfig
+    from elfkit.core.flow import FlowPath
+    from elfkit.recipe.schema import PathSection, SampleSection
+
+    registry = build_registry(entry_points=False, extra_plugins=[fake_components])
+    text = "\n".join(line for line in GOOD.splitlines() if not line.startswith(("objective", "sample", "train", "  ")))
+    d = resolved_dict(load_recipe(write(tmp_path, text), registry=registry))
+    assert d["sample"]["sampler"] == {"name": "sde", **SdeConfig().model_dump()}
+    assert d["sample"]["guidance"] == {"name": "self-cond", **SelfCondConfig().model_dump()}
+    assert d["target"] == {"name": "x", **TargetConfig().model_dump()}
+    assert d["time"] == {"name": "logit-normal", **LogitNormalConfig().model_dump()}
+    assert d["objective"] == {"name": "elf", **ElfObjectiveConfig().model_dump()}
+    assert PathSection().flow_path() == FlowPath() == FlowPath(noise_scale=2.0, t_eps=0.05, t_min=0.05)
+    assert SampleSection().sampler.params == SdeConfig().model_dump()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import pytest
 import torch
@@ -24,17 +25,16 @@ from elfkit.components.exporters import (
     load_runner,
     parse_range,
     read_manifest,
-    spec_from_recipe,
 )
 from elfkit.components.exporters.parity import Metrics, parity_shapes, violations
 from elfkit.components.exporters.trace import trace_backbone
+from elfkit.components.targets import TargetConfig, XTarget
 from elfkit.core.flow import FlowPath
 from elfkit.errors import ExportError, MissingDependencyError, RegistryError
 from elfkit.generation import generate
-from elfkit.recipe.load import load_recipe
+from elfkit.hookspecs import hookimpl
 from elfkit.registry import build_registry
-from tests.fixtures import REPO
-from tests.fixtures.exporting import MAX_LEN, SPEC, D, V, inputs, tiny_backbone
+from tests.fixtures.exporting import MAX_LEN, SPEC, TARGET, D, V, inputs, tiny_backbone
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +50,14 @@ def backbone():
 @pytest.fixture(scope="module")
 def torch_export_dir(tmp_path_factory, backbone, registry):
     out = tmp_path_factory.mktemp("te")
-    export_backbone(backbone, "torch-export", out, SPEC, registry, metadata={"backbone": "elf"})
+    export_backbone(backbone, "torch-export", out, SPEC, registry, target=TARGET, metadata={"backbone": "elf"})
     return out
 
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory, backbone, registry):
     out = tmp_path_factory.mktemp("onnx")
-    export_backbone(backbone, "onnx", out, SPEC, registry)
+    export_backbone(backbone, "onnx", out, SPEC, registry, target=TARGET)
     return out
 
 
@@ -88,12 +88,9 @@ def test_seq_range_defaults_from_and_is_capped_by_max_length():
         ExportSpec(seq=parse_range("2:8:32")).seq_range(16)
 
 
-def test_spec_from_recipe_uses_the_recipes_target_and_path(registry):
-    recipe = load_recipe(REPO / "recipes" / "tiny.yaml",
-                         ["target.name=eps", "path.noise_scale=1.5"], registry=registry)
-    spec = spec_from_recipe(recipe, precision="fp16", batch=parse_range("1:2:4"))
-    assert (spec.target, spec.noise_scale, spec.t_eps) == ("eps", 1.5, recipe.path.t_eps)
-    assert spec.precision == "fp16" and spec.batch.max == 4
+def test_spec_carries_no_model_settings():
+    """Target and flow path come from the caller's bound target, not from the spec (one source)."""
+    assert not {"target", "noise_scale", "t_eps", "t_min"} & set(ExportSpec.model_fields)
 
 
 def test_parity_shapes_cover_min_opt_max_and_an_odd_length():
@@ -136,6 +133,9 @@ def test_manifest_records_what_is_needed_to_run_and_rebuild(torch_export_dir, ba
     assert m["backbone"]["config"]["width"] == 32 and m["backbone"]["config"]["max_length"] == MAX_LEN
     assert m["versions"]["torch"] == torch.__version__ and m["versions"]["onnx"]
     assert m["source"] == {"backbone": "elf"}
+    assert m["target"] == {"name": "x", "class": "elfkit.components.targets.XTarget", "output": "x",
+                           "config": {"loss_space": "v"}}
+    assert m["path"] == {"noise_scale": 2.0, "t_eps": 0.05, "t_min": 0.05}
     parity = m["parity"]
     assert parity["passed"] and {"denoise", "v", "decode"} <= set(parity["worst"])
     assert {c["t"] for c in parity["cases"] if c["output"] == "denoise"} == {0.02, 0.25, 0.5, 0.75, 0.98}
@@ -165,7 +165,7 @@ def test_runner_splits_batches_beyond_the_range_and_rejects_long_sequences(torch
 @pytest.mark.parametrize("fmt_dir", ["torch_export_dir", "onnx_dir"])
 def test_sampling_with_artifact_gives_eager_tokens(request, backbone, registry, fmt_dir):
     runner = load_runner(request.getfixturevalue(fmt_dir), registry=registry)
-    parts = dict(target=registry.build("target", "x"), path=FlowPath(noise_scale=2.0),
+    parts = dict(target=registry.build("target", "x").bind(FlowPath(noise_scale=2.0)),
                  sampler=registry.build("sampler", "sde", {"steps": 6}),
                  grid_time=registry.build("time", "logit-normal"),
                  guidance=registry.build("guidance", "self-cond", {"scale": 3.0}))
@@ -188,20 +188,20 @@ class _SwappedWeightsExporter(TorchExportExporter):
         return built
 
 
-def test_parity_refuses_a_broken_artifact(tmp_path, backbone):
+def test_parity_refuses_a_broken_artifact(tmp_path, backbone, registry):
     exporter = _SwappedWeightsExporter(TorchExportConfig())
     with pytest.raises(ExportError, match="parity check against eager fp32 failed"):
-        exporter.export(backbone, tmp_path, SPEC)
+        exporter.export(backbone, tmp_path, SPEC, target=TARGET)
     assert not (tmp_path / "manifest.json").exists()
     report = json.loads((tmp_path / "parity-failed.json").read_text())
     assert not report["passed"] and report["worst"]["denoise"]["rel_l2"] > 0.1
     with pytest.raises(ExportError, match="parity-failed.json"):
-        load_runner(tmp_path)
+        load_runner(tmp_path, registry=registry)
 
 
 def test_reduced_precision_passes_its_thresholds_but_not_fp32_ones(tmp_path, backbone, registry):
     manifest = export_backbone(backbone, "torch-export", tmp_path, SPEC.model_copy(update={"precision": "bf16"}),
-                               registry)
+                               registry, target=TARGET)
     parity = json.loads(manifest.read_text())["parity"]
     assert 0 < parity["worst"]["denoise"]["rel_l2"] <= 3e-2    # bf16 really ran, within its own threshold
     fp32 = ParityThresholds.for_precision("fp32")
@@ -210,12 +210,46 @@ def test_reduced_precision_passes_its_thresholds_but_not_fp32_ones(tmp_path, bac
     assert refused                                           # the same figures fail the fp32 thresholds
 
 
+class _CountingTarget(XTarget):
+    """A target that exists only in a plugin (not in elfkit's built-ins); counts its conversions."""
+
+    calls = 0
+
+    def convert(self, out, z, t, path):
+        type(self).calls += 1
+        return super().convert(out, z, t, path)
+
+
+def _plugin_registry():
+    plugin = types.ModuleType("counting_target_plugin")
+
+    @hookimpl
+    def elfkit_register_components(registry):
+        registry.add("target", "counting-x", _CountingTarget, TargetConfig)
+
+    plugin.elfkit_register_components = elfkit_register_components
+    return build_registry(entry_points=False, extra_plugins=[plugin])
+
+
+def test_parity_uses_the_callers_target_from_a_plugin(tmp_path, backbone):
+    """The bound target is used as given: a plugin-only target on a non-default path works."""
+    registry = _plugin_registry()
+    path = FlowPath(noise_scale=1.5, t_eps=0.1)
+    target = registry.build("target", "counting-x").bind(path, name="counting-x")
+    spec = SPEC.model_copy(update={"batch": parse_range("1:2:2"), "seq": parse_range("2:4:4")})
+    _CountingTarget.calls = 0
+    m = json.loads(export_backbone(backbone, "torch-export", tmp_path, spec, registry, target=target).read_text())
+    assert _CountingTarget.calls > 0 and m["parity"]["passed"]
+    assert m["target"]["name"] == "counting-x" and m["target"]["class"].endswith("_CountingTarget")
+    assert m["path"] == {"noise_scale": 1.5, "t_eps": 0.1, "t_min": 0.05}
+
+
 # ----------------------------------------------------------------------------------------
 # Capabilities, formats, errors
 # ----------------------------------------------------------------------------------------
 def test_backbone_without_optional_inputs_or_decoder(tmp_path, registry):
     bb = tiny_backbone(self_conditioning=False, guidance_tokens=False, decoder_head=False)
-    export_backbone(bb, "torch-export", tmp_path, SPEC, registry)
+    export_backbone(bb, "torch-export", tmp_path, SPEC, registry, target=TARGET)
     runner, eager = load_runner(tmp_path, registry=registry), EagerRunner(bb)
     assert set(read_manifest(tmp_path)["files"]) == {"denoise"}
     z, t, _, _ = inputs(3, 9)
@@ -229,7 +263,7 @@ def test_tied_unembedding_table_is_exported(tmp_path, registry):
     bb = tiny_backbone()
     table = torch.nn.Parameter(torch.randn(V, 16, generator=torch.Generator().manual_seed(3)))   # decoder_hidden 16
     bb.tie_unembedding(table)                                      # what a learned-table recipe builds
-    export_backbone(bb, "torch-export", tmp_path, SPEC, registry)
+    export_backbone(bb, "torch-export", tmp_path, SPEC, registry, target=TARGET)
     runner, eager = load_runner(tmp_path, registry=registry), EagerRunner(bb)
     z, _, _, g = inputs(3, 9)
     with torch.no_grad():
@@ -242,33 +276,36 @@ def test_tied_unembedding_table_is_exported(tmp_path, registry):
 
 def test_tensorrt_without_plugin_explains_installation(tmp_path, backbone, registry):
     with pytest.raises(MissingDependencyError, match=r'pip install "elfkit\[trt\]" ./plugins/elfkit-tensorrt'):
-        export_backbone(backbone, "tensorrt", tmp_path, SPEC, registry)
+        export_backbone(backbone, "tensorrt", tmp_path, SPEC, registry, target=TARGET)
 
 
 def test_unknown_format_lists_registered_exporters(tmp_path, backbone, registry):
     with pytest.raises(RegistryError, match="onnx, torch-export"):
-        export_backbone(backbone, "tflite", tmp_path, SPEC, registry)
+        export_backbone(backbone, "tflite", tmp_path, SPEC, registry, target=TARGET)
 
 
 def test_bad_exporter_config_is_an_export_error(tmp_path, backbone, registry):
     with pytest.raises(ExportError, match="aot_inductor"):
-        export_backbone(backbone, "torch-export", tmp_path, SPEC, registry, config={"aot_inducter": True})
+        export_backbone(backbone, "torch-export", tmp_path, SPEC, registry, target=TARGET,
+                        config={"aot_inducter": True})
 
 
 def test_onnx_bf16_on_cpu_is_refused_up_front(tmp_path, backbone, registry):
     with pytest.raises(ExportError, match="bf16"):
-        export_backbone(backbone, "onnx", tmp_path, SPEC.model_copy(update={"precision": "bf16"}), registry)
+        export_backbone(backbone, "onnx", tmp_path, SPEC.model_copy(update={"precision": "bf16"}), registry,
+                        target=TARGET)
 
 
-def test_load_runner_on_a_plain_folder(tmp_path):
+def test_load_runner_on_a_plain_folder(tmp_path, registry):
     with pytest.raises(ExportError, match="not an elfkit export"):
-        load_runner(tmp_path)
+        load_runner(tmp_path, registry=registry)
 
 
 @pytest.mark.slow
 def test_aot_inductor_package_round_trip(tmp_path, backbone, registry):
     spec = SPEC.model_copy(update={"batch": parse_range("1:2:4"), "seq": parse_range("2:8:12")})
-    export_backbone(backbone, "torch-export", tmp_path, spec, registry, config={"aot_inductor": True})
+    export_backbone(backbone, "torch-export", tmp_path, spec, registry, target=TARGET,
+                    config={"aot_inductor": True})
     m = read_manifest(tmp_path)
     assert m["runtime"] == "aot_inductor" and {"denoise_aoti", "decode_aoti"} <= set(m["files"])
     assert m["parity"]["worst"]["denoise"]["rel_l2"] < 1e-5

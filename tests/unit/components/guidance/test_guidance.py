@@ -32,7 +32,7 @@ def _setup(sc=True, tokens=True, cond=True):
     if cond:
         mask = torch.arange(s).unsqueeze(0) < torch.tensor([[1], [2]])
         condition = Condition.from_mask(torch.randn(b, s, d, generator=g), mask)
-    ev = ModelEvaluator(runner, XTarget(TargetConfig()), PATH, condition)
+    ev = ModelEvaluator(runner, XTarget(TargetConfig()).bind(PATH), condition)
     z = 2 * torch.randn(b, s, d, generator=g)
     t = torch.tensor([0.2, 0.6])
     prev = torch.randn(b, s, d, generator=g)

@@ -125,6 +125,15 @@ def test_total_loss_matches_reference_formula(execution: str) -> None:
     assert out.logs["decoder_frac"] == pytest.approx(2 / 6)
 
 
+@pytest.mark.parametrize("execution", ["fast", "reference"])
+def test_a_bound_target_gives_the_same_loss_as_target_plus_path(execution: str) -> None:
+    batch, x0, draws = fixed_case()
+    objective = _objective(execution=execution)
+    pair = objective.loss_from_draws(RecordingStub(), batch, x0, draws, target=TARGET, path=PATH)
+    bound = objective.loss_from_draws(RecordingStub(), batch, x0, draws, target=TARGET.bind(PATH))
+    assert torch.equal(pair.loss, bound.loss) and pair.logs == bound.logs
+
+
 def test_decode_branch_inputs_and_one_grad_forward() -> None:
     batch, x0, draws = fixed_case()
     net = RecordingStub()

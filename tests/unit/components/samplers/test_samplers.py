@@ -35,6 +35,16 @@ def test_registered_with_configs():
         EulerConfig(steps=4, gamma=1.0)   # unknown keys are errors
 
 
+def test_sampling_grid_has_the_samplers_steps_drawn_on_the_generators_device():
+    from elfkit.components.samplers import sampling_grid
+    from elfkit.components.time import LogitNormalConfig, LogitNormalTime
+
+    sampler, time = SdeSampler(SdeConfig(steps=7)), LogitNormalTime(LogitNormalConfig())
+    grid = sampling_grid(sampler, time, _gen(3), device="cpu")
+    assert grid.shape == (8,) and grid[0] == 0 and grid[-1] == 1
+    assert torch.equal(grid, time.grid(7, _gen(3), "cpu"))      # the same draws as asking the time component
+
+
 def test_bad_grid_is_a_clear_error():
     with pytest.raises(ElfkitError, match="grid"):
         EulerSampler(EulerConfig())(TOY.denoiser(), torch.zeros(1, 2, 3), torch.zeros(1), noise_scale=1.0)
