@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -45,8 +45,6 @@ class DatasetConfig(ComponentConfig):
     cache_latents: Literal["auto", "always", "never"] = "auto"
     """Precompute frozen-encoder latents (unconditional fixed chunks without label drop only)."""
     max_train_examples: int | None = Field(None, gt=0)
-    """Cap on training examples: the pipeline keeps a fixed random subset (seeded by the run seed)."""
-    max_train_examples: int | None = Field(None, gt=0)
     """Train on a fixed random subset of this many examples (CPU-sized runs); None = all."""
 
     @model_validator(mode="after")
@@ -75,12 +73,16 @@ class ConditionalConfig(DatasetConfig):
         return self
 
 
-class TextDataset:
-    """Base of the built-in datasets: config, cache directory and collator."""
+ConfigT = TypeVar("ConfigT", bound=DatasetConfig)
+
+
+class TextDataset(Generic[ConfigT]):
+    """Base of the built-in datasets (:class:`~elfkit.contracts.Dataset`): config, cache directory
+    and collator. Generic in its config so each dataset reads its own fields typed."""
 
     conditional: ClassVar[bool] = False
 
-    def __init__(self, cfg: DatasetConfig) -> None:
+    def __init__(self, cfg: ConfigT) -> None:
         self.cfg = cfg
 
     def cache_root(self, cache_dir: str | Path | None = None) -> Path:
