@@ -130,8 +130,11 @@ class Embedder(Protocol):
     Owns its tokenizer and normalisation. ``pairwise_mask`` (B, S, S) bool says which
     positions each row may attend to (conditional tasks); None means every position sees
     every valid one. ``trainable`` embedders (tied token tables) return latents that carry
-    gradients. Optional: ``tied_unembedding`` (an ``nn.Parameter`` (V, D) or None), the table
-    the pipeline ties to a :class:`SupportsUnembeddingTie` backbone.
+    gradients. Optional members, read with ``getattr``: ``identity`` (a string naming the model,
+    tokenizer and normalisation; it keys the latent cache, which is skipped without it) and
+    ``tied_unembedding`` (an ``nn.Parameter`` (V, D) or None), the table the pipeline ties to a
+    :class:`SupportsUnembeddingTie` backbone. A trainable embedder is also an ``nn.Module`` (the
+    trainer optimises, averages and checkpoints it).
 
     Usage::
 
