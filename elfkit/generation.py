@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from elfkit.components.guidance.base import Guidance
-from elfkit.components.samplers.base import GridTime, generator_device, sampling_grid
+from elfkit.components.samplers.base import generator_device, sampling_grid
 from elfkit.components.targets import Target
-from elfkit.contracts import ModelRunner, Sampler
+from elfkit.contracts import ModelRunner, Sampler, TimeDistribution
 from elfkit.errors import ElfkitError
 from elfkit.records import ModelCapabilities, Prediction
 
@@ -148,7 +148,7 @@ def _check_condition(condition: Condition, shape: tuple[int, int, int]) -> None:
                           f"{shape[:1]}; got {tuple(condition.mask.shape)} and {tuple(condition.lengths.shape)}")
 
 
-def generate(runner: ModelRunner, target: Target, sampler: Sampler, grid_time: GridTime, guidance: Guidance, *,
+def generate(runner: ModelRunner, target: Target, sampler: Sampler, grid_time: TimeDistribution, guidance: Guidance, *,
              num: int, length: int, generator: torch.Generator | None, condition: Condition | None = None,
              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> GenerationResult:
     """Generate one batch of ``num`` sequences of ``length`` tokens.

@@ -1,4 +1,4 @@
-"""The plain records the component kinds exchange: predictions, batches, samples, metrics.
+"""The plain records the component kinds exchange: predictions, batches, losses, samples, metrics.
 
 The Protocols that produce and consume them are in :mod:`elfkit.contracts`.
 Shapes: B batch, S sequence, D latent dimension, H backbone width, V vocabulary.
@@ -6,16 +6,19 @@ Shapes: B batch, S sequence, D latent dimension, H backbone width, V vocabulary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "BackboneOutput", "Batch", "MetricRecord", "ModelCapabilities", "Prediction", "SampleRecord",
-    "SamplerOutput",
+    "BackboneOutput", "Batch", "MetricRecord", "ModelCapabilities", "ObjectiveOutput", "Prediction",
+    "PredictionSpace", "SampleRecord", "SamplerOutput",
 ]
+
+PredictionSpace = Literal["x", "eps", "v"]
+"""A field of :class:`Prediction`: what a network outputs and where a loss is taken."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,13 @@ class Batch:
     example_index: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
-        def mv(x: Tensor | None) -> Tensor | None:
-            return None if x is None else x.to(device, non_blocking=True)
-        return Batch(*(mv(getattr(self, f)) for f in
-                       ("input_ids", "valid_mask", "cond_mask", "loss_mask", "pairwise_mask", "label_drop",
-                        "example_index")))
+        def mv(x: Tensor) -> Tensor:
+            return x.to(device, non_blocking=True)
+
+        def mv_opt(x: Tensor | None) -> Tensor | None:
+            return None if x is None else mv(x)
+        return Batch(mv(self.input_ids), mv(self.valid_mask), mv(self.cond_mask), mv(self.loss_mask),
+                     mv_opt(self.pairwise_mask), mv_opt(self.label_drop), mv_opt(self.example_index))
 
     @property
     def conditional(self) -> bool:
@@ -104,6 +109,17 @@ class BackboneOutput:
 
     out: Tensor
     hidden: Tensor
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns for one micro-batch.
+
+    ``loss``: the scalar to backpropagate (already normalised).
+    ``logs``: plain floats for the progress bar and ``train_log.jsonl`` (e.g. ``l2``, ``ce``)."""
+
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

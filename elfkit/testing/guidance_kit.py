@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from elfkit.components.samplers.euler import EulerConfig, EulerSampler
 from elfkit.components.targets import TargetConfig, XTarget
+from elfkit.contracts import Denoiser
 from elfkit.core.flow import FlowPath
 from elfkit.records import Prediction
 from elfkit.testing._build import ConformanceError, builder, check_unchanged, fail, snapshot
@@ -87,7 +88,7 @@ def _check_model_kind(guidance: Any, where: str, sc: bool, tokens: bool) -> None
     if tokens and not isinstance(w, (int, float)):
         raise fail("protocol", f"{where}: decode_scale must give the decoder's w token (a float), got {w!r}")
     before = snapshot(guidance)
-    denoiser = guidance.denoiser(evaluate)
+    denoiser: Denoiser = guidance.denoiser(evaluate)
     if not callable(denoiser):
         raise fail("protocol", f"{where}: denoiser(evaluate) must return a callable")
     z_in = z.clone()

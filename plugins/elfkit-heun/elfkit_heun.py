@@ -20,6 +20,8 @@ t_{i+1} > 1 − t_eps (fine uniform grids); ELF's logit-normal grid stops near t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
@@ -27,6 +29,9 @@ from elfkit import hookimpl
 from elfkit.components.samplers.base import ConfigSteps, SamplerConfig, as_grid, batch_time
 from elfkit.contracts import Denoiser
 from elfkit.records import SamplerOutput
+
+if TYPE_CHECKING:
+    from elfkit.registry import ComponentRegistrar
 
 __version__ = "0.1.0"
 
@@ -66,5 +71,5 @@ class HeunSampler(ConfigSteps[HeunConfig]):
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("sampler", "heun", HeunSampler, HeunConfig)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from elfkit.components.backbones.elf import (
     PRESETS,
     BackboneInputError,
@@ -18,6 +20,9 @@ from elfkit.components.backbones.official import (
 from elfkit.components.backbones.runner import DecodeModule, DenoiseModule, EagerRunner
 from elfkit.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    from elfkit.registry import ComponentRegistrar
+
 __all__ = [
     "PRESETS", "BackboneInputError", "DecodeModule", "DenoiseModule", "ELFBackbone", "ELFBackboneConfig",
     "EagerRunner", "build_elf_backbone", "config_from_state_dict", "load_official", "official_state_dict",
@@ -26,5 +31,5 @@ __all__ = [
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("backbone", "elf", build_elf_backbone, ELFBackboneConfig)

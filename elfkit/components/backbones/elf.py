@@ -17,6 +17,7 @@ an elfkit extension, not part of ELF: the decoder's output layer becomes the emb
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -49,6 +50,24 @@ PRESETS: dict[str, dict[str, int]] = {
 
 class BackboneInputError(ElfkitError, ValueError):
     """A backbone call with inputs the model cannot take (too long, wrong width, missing w)."""
+
+
+@dataclass(frozen=True)
+class ELFSizes:
+    """Every size of a buildable ELF backbone, none left unset (:meth:`ELFBackboneConfig.sizes`).
+
+    The config keeps its optional fields (presets, pipeline-filled dimensions); the backbone
+    reads its sizes from here, so an unset one fails once, with a message, at build time.
+    """
+
+    depth: int
+    width: int
+    heads: int
+    head_dim: int
+    mlp_inner: int
+    latent_dim: int
+    vocab_size: int
+    max_length: int
 
 
 class ELFBackboneConfig(ComponentConfig):
@@ -108,24 +127,46 @@ class ELFBackboneConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _check(self) -> ELFBackboneConfig:
-        missing = [k for k in ("depth", "width", "heads") if getattr(self, k) is None]
-        if missing:
-            raise ValueError(f"set a preset ({', '.join(PRESETS)}) or all of depth, width, heads "
-                             f"(missing: {', '.join(missing)})")
-        if self.head_dim is None and self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}; "
+        _, width, heads = self._architecture()
+        if self.head_dim is None and width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}; "
                              "change one of them or set head_dim explicitly")
         if self.resolved_head_dim % 2:
             raise ValueError(f"head_dim {self.resolved_head_dim} must be even (RoPE rotates pairs of dims)")
         return self
 
+    def _architecture(self) -> tuple[int, int, int]:
+        """(depth, width, heads): the preset's or explicit values; the validator refuses a config without them."""
+        depth, width, heads = self.depth, self.width, self.heads
+        if depth is None or width is None or heads is None:
+            missing = [k for k in ("depth", "width", "heads") if getattr(self, k) is None]
+            raise ValueError(f"set a preset ({', '.join(PRESETS)}) or all of depth, width, heads "
+                             f"(missing: {', '.join(missing)})")
+        return depth, width, heads
+
     @property
     def resolved_head_dim(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.width // self.heads
+        _, width, heads = self._architecture()
+        return self.head_dim if self.head_dim is not None else width // heads
 
     @property
     def resolved_mlp_inner(self) -> int:
-        return self.mlp_inner if self.mlp_inner is not None else int(int(4 * self.width) * 2 / 3)
+        _, width, _ = self._architecture()
+        return self.mlp_inner if self.mlp_inner is not None else int(int(4 * width) * 2 / 3)
+
+    def sizes(self) -> ELFSizes:
+        """All sizes resolved; :class:`RecipeError` names the pipeline-filled ones still unset."""
+        latent_dim, vocab_size, max_length = self.latent_dim, self.vocab_size, self.max_length
+        if latent_dim is None or vocab_size is None or max_length is None:
+            missing = [k for k in ("latent_dim", "vocab_size", "max_length") if getattr(self, k) is None]
+            raise RecipeError(
+                f"backbone 'elf' needs {', '.join(missing)}; the pipeline fills them from the embedder "
+                "(latent_dim, vocab_size) and the dataset (max_length) — set them under `backbone:` "
+                "when building the backbone by hand")
+        depth, width, heads = self._architecture()
+        return ELFSizes(depth=depth, width=width, heads=heads, head_dim=self.resolved_head_dim,
+                        mlp_inner=self.resolved_mlp_inner, latent_dim=latent_dim, vocab_size=vocab_size,
+                        max_length=max_length)
 
     @property
     def num_prefix(self) -> int:
@@ -173,16 +214,17 @@ class ELFBackbone(nn.Module):
     in_out_parameters: ClassVar[tuple[str, ...]] = ("proj_kernel", "unembed_kernel")
     """Bare 2-D tensors stored (in, out): the optimiser's Muon must read their fan the other way."""
 
+    # Registered conditionally (buffers, the tied table): declared so the type checker knows them.
+    rope_cos: Tensor
+    rope_sin: Tensor
+    unembed_table: nn.Parameter
+
     def __init__(self, cfg: ELFBackboneConfig) -> None:
         super().__init__()
-        missing = [k for k in ("latent_dim", "vocab_size", "max_length") if getattr(cfg, k) is None]
-        if missing:
-            raise RecipeError(
-                f"backbone 'elf' needs {', '.join(missing)}; the pipeline fills them from the embedder "
-                "(latent_dim, vocab_size) and the dataset (max_length) — set them under `backbone:` "
-                "when building the backbone by hand")
+        sizes = cfg.sizes()
         self.cfg = cfg
-        D, H, V = cfg.latent_dim, cfg.width, cfg.vocab_size
+        self.sizes = sizes
+        D, H, V = sizes.latent_dim, sizes.width, sizes.vocab_size
         self.use_checkpointing = False
 
         if cfg.self_conditioning:
@@ -197,18 +239,18 @@ class ELFBackbone(nn.Module):
         if self.num_mode:
             self.mode_tokens = nn.Parameter(torch.empty(1, self.num_mode, H))
 
-        q1, q3 = cfg.depth // 4, cfg.depth // 4 * 3
+        q1, q3 = sizes.depth // 4, sizes.depth // 4 * 3
         self.blocks = nn.ModuleList(
-            Block(H, cfg.heads, cfg.resolved_head_dim, cfg.resolved_mlp_inner,
+            Block(H, sizes.heads, sizes.head_dim, sizes.mlp_inner,
                   cfg.proj_dropout if q1 <= i < q3 else 0.0)
-            for i in range(cfg.depth))
+            for i in range(sizes.depth))
         self.final_layer = FinalLayer(H, D)
         if cfg.decoder_head:
             self.proj_kernel = nn.Parameter(torch.empty(H, cfg.decoder_hidden))       # (in, out)
             self.proj_bias = nn.Parameter(torch.empty(cfg.decoder_hidden))
             self.unembed_kernel = nn.Parameter(torch.empty(cfg.decoder_hidden, V))    # (in, out)
             self.unembed_bias = nn.Parameter(torch.empty(V))
-        cos, sin = rope_tables(cfg.resolved_head_dim, cfg.num_prefix, cfg.max_length, cfg.rope_theta)
+        cos, sin = rope_tables(sizes.head_dim, cfg.num_prefix, sizes.max_length, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
@@ -242,7 +284,7 @@ class ELFBackbone(nn.Module):
                 nn.init.xavier_uniform_(self.unembed_kernel)
             nn.init.zeros_(self.unembed_bias)
         cfg = self.cfg
-        cos, sin = rope_tables(cfg.resolved_head_dim, cfg.num_prefix, cfg.max_length, cfg.rope_theta,
+        cos, sin = rope_tables(self.sizes.head_dim, cfg.num_prefix, self.sizes.max_length, cfg.rope_theta,
                                device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
@@ -295,7 +337,8 @@ class ELFBackbone(nn.Module):
     def capabilities(self) -> ModelCapabilities:
         c = self.cfg
         return ModelCapabilities(self_conditioning=c.self_conditioning, guidance_tokens=c.guidance_tokens,
-                                 decoder_head=c.decoder_head, latent_dim=c.latent_dim, vocab_size=c.vocab_size)
+                                 decoder_head=c.decoder_head, latent_dim=self.sizes.latent_dim,
+                                 vocab_size=self.sizes.vocab_size)
 
     def enable_activation_checkpointing(self, flag: bool = True) -> None:
         """Recompute each block in backward (torch.utils.checkpoint) to save activation memory."""
@@ -304,12 +347,12 @@ class ELFBackbone(nn.Module):
     # -- forward ---------------------------------------------------------------------------
     def _check_inputs(self, z: Tensor, self_cond: Tensor | None, guidance: Tensor | float | None,
                       decode: Tensor | bool | None) -> None:
-        cfg = self.cfg
-        if z.dim() != 3 or z.shape[-1] != cfg.latent_dim:
-            raise BackboneInputError(f"z must be (B, S, {cfg.latent_dim}), got {tuple(z.shape)}")
-        if z.shape[1] > cfg.max_length:
+        cfg, sizes = self.cfg, self.sizes
+        if z.dim() != 3 or z.shape[-1] != sizes.latent_dim:
+            raise BackboneInputError(f"z must be (B, S, {sizes.latent_dim}), got {tuple(z.shape)}")
+        if z.shape[1] > sizes.max_length:
             raise BackboneInputError(
-                f"sequence length {z.shape[1]} exceeds the backbone's max_length {cfg.max_length} "
+                f"sequence length {z.shape[1]} exceeds the backbone's max_length {sizes.max_length} "
                 "(the RoPE table size); build the backbone with a larger max_length or shorten the input")
         if self_cond is not None:
             if not cfg.self_conditioning:
@@ -347,6 +390,7 @@ class ELFBackbone(nn.Module):
             t_emb = self.t_embedder(_per_row(t, B, "t", z.device))                        # (B, H)
             prefix = [self.t_emb_tokens.float() + t_emb[:, None]]                         # (B, 4, H)
             if cfg.guidance_tokens:
+                assert guidance is not None  # _check_inputs requires w with guidance tokens
                 w_emb = self.self_cond_cfg_embedder(_per_row(guidance, B, "guidance", z.device))
                 prefix.append(self.self_cond_cfg_tokens.float() + w_emb[:, None])
             if self.num_mode:

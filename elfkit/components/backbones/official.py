@@ -170,7 +170,7 @@ def _own_official(backbone: nn.Module) -> dict[str, Tensor]:
     (V, D) ``unembed_table`` stands for ``unembed_kernel`` = its transpose, (D, V) stored (in, out)."""
     own = {k: v for k, v in backbone.state_dict().items() if k.split(".", 1)[0] in OFFICIAL_ROOTS}
     if getattr(backbone, "tied", False):
-        own["unembed_kernel"] = backbone.unembed_table.detach().t()
+        own["unembed_kernel"] = backbone.get_parameter("unembed_table").detach().t()
     return own
 
 
@@ -222,7 +222,7 @@ def load_official(backbone: nn.Module, source: str | Path | Mapping[str, Any], *
     if getattr(backbone, "tied", False):
         sd = dict(sd)
         with torch.no_grad():
-            backbone.unembed_table.copy_(sd.pop("unembed_kernel").t())
+            backbone.get_parameter("unembed_table").copy_(sd.pop("unembed_kernel").t())
     result = backbone.load_state_dict(sd, strict=False)
     extra = [k for k in result.missing_keys if k.split(".", 1)[0] in OFFICIAL_ROOTS]
     if extra or result.unexpected_keys:  # cannot happen after the check above; never load silently partial

@@ -9,14 +9,18 @@ The caller owns the grad mode (wrap sampling in ``torch.inference_mode()``).
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from elfkit.records import ModelCapabilities
 
+if TYPE_CHECKING:
+    from elfkit.contracts import Backbone
 
-def _decode_forward(backbone: nn.Module, z: Tensor, guidance: Tensor | None) -> Tensor:
+
+def _decode_forward(backbone: Backbone, z: Tensor, guidance: Tensor | None) -> Tensor:
     """One decode-mode forward at t=1 with an all-zero self-cond slot → logits (B, S, V).
 
     ELF's decoder was trained only on this input (reference §4.3): t=1, mode tokens on,
@@ -37,7 +41,7 @@ class EagerRunner:
             ``torch.bfloat16`` on GPU); None runs in the parameters' precision.
     """
 
-    def __init__(self, backbone: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, backbone: Backbone, autocast_dtype: torch.dtype | None = None) -> None:
         self.backbone = backbone
         self.autocast_dtype = autocast_dtype
 
@@ -61,7 +65,7 @@ class EagerRunner:
             return _decode_forward(self.backbone, z, guidance)
 
 
-def _supported(backbone: nn.Module, self_cond: Tensor | None, guidance: Tensor | None
+def _supported(backbone: Backbone, self_cond: Tensor | None, guidance: Tensor | None
                ) -> tuple[Tensor | None, Tensor | None]:
     """Drop the inputs the backbone has no capability for, so exported artifacts keep one
     fixed four-input signature whatever the model (their manifest records the capabilities)."""
@@ -76,7 +80,7 @@ class DenoiseModule(nn.Module):
     (``capabilities.self_conditioning`` / ``guidance_tokens``), so every artifact has the
     same signature; ``self_cond=None`` means a zero slot."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.backbone = backbone
 
@@ -90,7 +94,7 @@ class DecodeModule(nn.Module):
     """``forward(z, guidance) -> logits``: the decode call as a module, for export
     (``guidance`` ignored without guidance tokens)."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.backbone = backbone
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from elfkit.components.datasets.base import DatasetConfig, TextDataset, default_cache_dir
 from elfkit.components.datasets.bible import Bible, BibleConfig, BiblePairs, BiblePairsConfig
 from elfkit.components.datasets.local import LocalConfig, LocalDataset
@@ -15,6 +17,9 @@ from elfkit.components.datasets.openwebtext import (
 from elfkit.components.datasets.translation import Wmt14DeEn, WmtConfig, Xsum, XsumConfig
 from elfkit.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    from elfkit.registry import ComponentRegistrar
+
 __all__ = [
     "Bible", "BibleConfig", "BiblePairs", "BiblePairsConfig", "DatasetConfig", "LocalConfig", "LocalDataset",
     "OpenWebText", "OpenWebTextConfig", "OpenWebTextT5", "OpenWebTextT5Config", "TextDataset", "Wmt14DeEn",
@@ -23,7 +28,7 @@ __all__ = [
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("dataset", "openwebtext", OpenWebText, OpenWebTextConfig,
                  "OpenWebText raw text, tokenised and chunked here (hub or local copy).")
     registry.add("dataset", "openwebtext-t5", OpenWebTextT5, OpenWebTextT5Config,

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -73,12 +73,16 @@ class ConditionalConfig(DatasetConfig):
         return self
 
 
-class TextDataset:
-    """Base of the built-in datasets: config, cache directory and collator."""
+ConfigT = TypeVar("ConfigT", bound=DatasetConfig)
+
+
+class TextDataset(Generic[ConfigT]):
+    """Base of the built-in datasets (:class:`~elfkit.contracts.Dataset`): config, cache directory
+    and collator. Generic in its config so each dataset reads its own fields typed."""
 
     conditional: ClassVar[bool] = False
 
-    def __init__(self, cfg: DatasetConfig) -> None:
+    def __init__(self, cfg: ConfigT) -> None:
         self.cfg = cfg
 
     def cache_root(self, cache_dir: str | Path | None = None) -> Path:

@@ -30,7 +30,7 @@ from elfkit.components.datasets.sources import bible as pb_source
 from elfkit.components.datasets.sources import sword
 from elfkit.components.datasets.splits import DataSplits, EvalPair
 from elfkit.components.datasets.text import chunk_ids, encode_many, pair_example
-from elfkit.contracts import TextTokenizer
+from elfkit.contracts import SupportsOffsets, TextTokenizer
 from elfkit.errors import DataError
 
 SPLIT_VERSION = "bible-split-v1"
@@ -55,10 +55,10 @@ class BibleConfig(UnconditionalConfig):
 
 def _raw_windows(tokenizer: TextTokenizer, text: str, max_length: int) -> list[str]:
     """Raw text of each full ``max_length``-token window of ``text`` (EOS excluded)."""
-    ids, offsets = tokenizer.encode_with_offsets(text) if hasattr(tokenizer, "encode_with_offsets") else (None, None)
-    if ids is None:
+    if not isinstance(tokenizer, SupportsOffsets):
         toks = tokenizer.encode(text)
         return [tokenizer.decode(toks[i: i + max_length]) for i in range(0, len(toks) - max_length + 1, max_length)]
+    ids, offsets = tokenizer.encode_with_offsets(text)
     out, start = [], 0
     for i in range(0, len(ids) - max_length + 1, max_length):
         end = offsets[i + max_length - 1][1]
@@ -67,7 +67,7 @@ def _raw_windows(tokenizer: TextTokenizer, text: str, max_length: int) -> list[s
     return out
 
 
-class Bible(TextDataset):
+class Bible(TextDataset[BibleConfig]):
     """Unconditional Bible text (offline)."""
 
     def load(self, tokenizer: TextTokenizer, cache_dir: str | Path | None = None) -> DataSplits:
@@ -132,20 +132,22 @@ def verse_pairs(pair: str, cache_root: Path) -> list[tuple[int, str, str]]:
     return [(v, kjv[v], tgt[v]) for v in sorted(kjv) if v in tgt]
 
 
-class BiblePairs(TextDataset):
+class BiblePairs(TextDataset[BiblePairsConfig]):
     """Offline conditional pairs for translation-style runs."""
 
     conditional = True
 
     def load(self, tokenizer: TextTokenizer, cache_dir: str | Path | None = None) -> DataSplits:
         c = self.cfg
+        max_input_length = c.max_input_length
+        assert max_input_length is not None   # a ConditionalConfig always has one (validated)
         pairs = verse_pairs(c.pair, self.cache_root(cache_dir))
         src_ids = encode_many(tokenizer, [s for _, s, _ in pairs])
         tgt_ids = encode_many(tokenizer, [t for _, _, t in pairs])
-        room = c.max_length - c.max_input_length
+        room = c.max_length - max_input_length
         rows = []
         for (vid, s, t), si, ti in zip(pairs, src_ids, tgt_ids, strict=True):
-            if c.drop_overlong and (len(si) + 1 > c.max_input_length or len(ti) + 1 > room):
+            if c.drop_overlong and (len(si) + 1 > max_input_length or len(ti) + 1 > room):
                 continue
             rows.append((f"{vid // 1_000_000:02d}:{vid // 1000 % 1000:03d}", s, t, pair_example(tokenizer, si, ti)))
         if not rows:

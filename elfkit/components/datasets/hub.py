@@ -29,11 +29,12 @@ def load_hub(dataset_id: str, *, name: str | None = None, split: str = "train", 
              cache_dir: str | Path | None = None) -> Any:
     """``datasets.load_dataset(dataset_id)``; network/offline/not-found → HubUnreachableError."""
     import datasets
+    from datasets.exceptions import DatasetNotFoundError
 
     try:
         return datasets.load_dataset(dataset_id, name, split=split, streaming=streaming,
                                      cache_dir=None if cache_dir is None else str(cache_dir))
-    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as exc:
+    except (ConnectionError, OSError, DatasetNotFoundError) as exc:
         raise hub_error(dataset_id, exc) from exc
 
 
@@ -64,6 +65,7 @@ def load_local(*, data_files: str | Sequence[str] | None = None, path: str | Non
     """Local data → (dataset, fingerprint). ``path``: a ``save_to_disk`` folder (its ``split``
     sub-folder if it is a DatasetDict); ``data_files``: files of one format (by extension)."""
     import datasets
+    from datasets.exceptions import DatasetGenerationError
 
     if path is not None:
         p = Path(path)
@@ -86,15 +88,15 @@ def load_local(*, data_files: str | Sequence[str] | None = None, path: str | Non
     files = _files(data_files)
     suffixes = {f.suffix.lower() for f in files}
     builders = {_BUILDERS.get(s) for s in suffixes}
-    if None in builders or len(builders) != 1:
+    builder = builders.pop() if len(builders) == 1 else None
+    if builder is None:   # an unknown suffix, or several formats
         raise DataError(f"data_files must share one format ({', '.join(sorted(_BUILDERS))}); got {sorted(suffixes)}")
-    builder = builders.pop()
     kwargs: dict[str, Any] = {"sample_by": sample_by} if builder == "text" else {}
     try:
         ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=streaming,
                                    cache_dir=None if cache_dir is None else str(cache_dir), **kwargs)
-    except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:
+    except (ValueError, DatasetGenerationError) as exc:
         raise DataError(f"cannot read {', '.join(map(str, files))} as {builder}: {exc}") from exc
-    if not streaming and len(ds) == 0:
+    if isinstance(ds, datasets.Dataset) and len(ds) == 0:   # streaming gives an IterableDataset: no length
         raise DataError(f"no rows in {', '.join(map(str, files))}")
     return ds, files_fingerprint(files)

@@ -53,7 +53,7 @@ def _hold_out(ds: Any, eval_size: int) -> tuple[Any, Any]:
     return ds.select(range(n - k)), ds.select(range(n - k, n))
 
 
-class LocalDataset(TextDataset):
+class LocalDataset(TextDataset[LocalConfig]):
     """Your own files, unconditional or conditional."""
 
     @property

@@ -30,7 +30,7 @@ class OpenWebTextConfig(UnconditionalConfig):
     """The last eval_size documents are held out (their leading max_length tokens are the reference texts)."""
 
 
-class OpenWebText(TextDataset):
+class OpenWebText(TextDataset[OpenWebTextConfig]):
     """Unconditional web text, documents joined with EOS and cut into full ``max_length`` chunks."""
 
     def load(self, tokenizer: TextTokenizer, cache_dir: str | Path | None = None) -> DataSplits:
@@ -75,7 +75,7 @@ class OpenWebTextT5Config(UnconditionalConfig):
     """The last eval_size chunks are held out (decoded as reference texts)."""
 
 
-class OpenWebTextT5(TextDataset):
+class OpenWebTextT5(TextDataset[OpenWebTextT5Config]):
     """ELF's own OWT data, already T5-tokenised and chunked (needs the t5 embedder)."""
 
     def load(self, tokenizer: TextTokenizer, cache_dir: str | Path | None = None) -> DataSplits:

@@ -67,7 +67,7 @@ class XsumConfig(PairDatasetConfig):
     max_input_length: int | None = Field(1024, gt=0)
 
 
-class PairDataset(TextDataset):
+class PairDataset(TextDataset[PairDatasetConfig]):
     """Shared loading logic; subclasses name their hub ids and raw fields."""
 
     conditional = True

@@ -7,6 +7,8 @@ Every embedder owns its tokenizer (``embedder.tokenizer``), its normalisation
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from elfkit.components.embedders.minilm import MiniLMEmbedder, MiniLMEmbedderConfig
 from elfkit.components.embedders.t5 import T5Embedder, T5EmbedderConfig
 from elfkit.components.embedders.tables import (
@@ -18,6 +20,9 @@ from elfkit.components.embedders.tables import (
     PretrainedTableConfig,
 )
 from elfkit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from elfkit.registry import ComponentRegistrar
 
 __all__ = [
     "GaussianTable", "GaussianTableConfig", "LearnedTable", "LearnedTableConfig", "MiniLMEmbedder",
@@ -36,7 +41,7 @@ def _minilm(cfg: MiniLMEmbedderConfig) -> MiniLMEmbedder:
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("embedder", "t5", _t5, T5EmbedderConfig)
     registry.add("embedder", "minilm", _minilm, MiniLMEmbedderConfig)
     registry.add("embedder", "gaussian-table", GaussianTable, GaussianTableConfig,

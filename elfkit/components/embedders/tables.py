@@ -21,7 +21,7 @@ The tie needs ``backbone.decoder_hidden == embedder.dim``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
@@ -30,6 +30,9 @@ from torch import Tensor, nn
 from elfkit.components.embedders.base import LatentNormConfig
 from elfkit.components.embedders.tokenizers import load_tokenizer, minilm_dir, minilm_tokenizer
 from elfkit.errors import DataError
+
+if TYPE_CHECKING:
+    from elfkit.contracts import TextTokenizer
 
 
 class TableConfig(LatentNormConfig):
@@ -68,8 +71,9 @@ class _Table(nn.Module):
     """Shared lookup + normalisation; ``weight`` is a buffer (frozen) or a Parameter (learned)."""
 
     trainable = False
+    weight: Tensor   # (V, D); registered by each subclass (buffer or Parameter)
 
-    def __init__(self, tokenizer, latent_mean: float, latent_std: float) -> None:
+    def __init__(self, tokenizer: TextTokenizer, latent_mean: float, latent_std: float) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.latent_mean = float(latent_mean)
@@ -105,7 +109,7 @@ def _minilm_word_embeddings(model_dir: Path) -> Tensor:
 class GaussianTable(_Table):
     """Frozen random N(0, 1) table, one row per tokenizer id."""
 
-    def __init__(self, cfg: GaussianTableConfig, tokenizer=None) -> None:
+    def __init__(self, cfg: GaussianTableConfig, tokenizer: TextTokenizer | None = None) -> None:
         tok = tokenizer or load_tokenizer(cfg.tokenizer)
         super().__init__(tok, cfg.latent_mean, cfg.latent_std)
         g = torch.Generator().manual_seed(cfg.seed)
@@ -117,7 +121,8 @@ class GaussianTable(_Table):
 class PretrainedTable(_Table):
     """Frozen word-embedding table of a pretrained model (MiniLM: 30522 × 384)."""
 
-    def __init__(self, cfg: PretrainedTableConfig, table: Tensor | None = None, tokenizer=None) -> None:
+    def __init__(self, cfg: PretrainedTableConfig, table: Tensor | None = None,
+                 tokenizer: TextTokenizer | None = None) -> None:
         if table is None:
             d = minilm_dir() if cfg.path is None else Path(cfg.path)
             table, tokenizer = _minilm_word_embeddings(d), tokenizer or minilm_tokenizer(d)
@@ -133,8 +138,9 @@ class LearnedTable(_Table):
     """Trainable table: latents carry gradients into ``weight`` (see module doc for tying)."""
 
     trainable = True
+    weight: nn.Parameter
 
-    def __init__(self, cfg: LearnedTableConfig, tokenizer=None) -> None:
+    def __init__(self, cfg: LearnedTableConfig, tokenizer: TextTokenizer | None = None) -> None:
         tok = tokenizer or load_tokenizer(cfg.tokenizer)
         super().__init__(tok, cfg.latent_mean, cfg.latent_std)
         self.weight = nn.Parameter(torch.randn(tok.vocab_size, cfg.dim) * cfg.init_std)    # (V, D)

@@ -33,7 +33,7 @@ def references_for(samples: Sequence[SampleRecord], references: Sequence[str] | 
             raise DataError(f"{evaluator} needs a reference text per sample, but samples {missing[:5]} have no "
                             "'reference' (only conditional tasks write them); pass references explicitly or "
                             f"remove {evaluator} from eval.evaluators")
-        references = [s.reference for s in samples]  # type: ignore[misc]
+        references = [s.reference for s in samples if s.reference is not None]   # all of them (checked above)
     if len(references) != len(samples):
         raise DataError(f"{evaluator}: {len(samples)} samples but {len(references)} references")
     return list(references)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -121,9 +121,10 @@ class GenPPLEvaluator:
         judge = self.judge
         score = score_texts([s.text for s in samples], judge, max_length=self.cfg.max_length,
                             batch_size=self.cfg.batch_size)
-        common = dict(n=score.n_samples, seed=seed, judge=judge.name, precision=judge.precision)
+        def record(name: str, value: float, details: dict[str, Any]) -> MetricRecord:
+            return MetricRecord(name=name, value=value, n=score.n_samples, seed=seed, judge=judge.name,
+                                precision=judge.precision, details=details)
         details = {"scored_tokens": score.n_tokens, "dropped_empty": score.n_dropped,
                    "max_length": self.cfg.max_length}
-        return [MetricRecord(name="gen_ppl", value=score.ppl, details=details, **common),
-                MetricRecord(name="entropy", value=score.entropy, details={"tokenizer": judge.tokenizer.name},
-                             **common)]
+        return [record("gen_ppl", score.ppl, details),
+                record("entropy", score.entropy, {"tokenizer": judge.tokenizer.name})]

@@ -1,22 +1,17 @@
-"""What every objective returns, and the small helpers objectives share."""
+"""The small helpers objectives share; :class:`ObjectiveOutput` (re-exported here) lives in
+:mod:`elfkit.records` with the other records the contracts name."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from elfkit.records import ObjectiveOutput
 
-@dataclass
-class ObjectiveOutput:
-    """``loss``: the scalar to backpropagate (one micro-batch, already normalised).
-    ``logs``: plain floats for the progress bar and ``train_log.jsonl`` (e.g. ``l2``, ``ce``)."""
-
-    loss: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+__all__ = ["ObjectiveOutput", "deterministic", "is_sharded", "unwrap"]
 
 
 def unwrap(module: nn.Module) -> nn.Module:

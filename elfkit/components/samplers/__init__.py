@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from elfkit.components.samplers.base import ConfigSteps, GridTime, SamplerConfig, sampling_grid
+from elfkit.components.samplers.base import ConfigSteps, SamplerConfig, sampling_grid
 from elfkit.components.samplers.euler import EulerConfig, EulerSampler
 from elfkit.components.samplers.sde import SdeConfig, SdeSampler
 from elfkit.hookspecs import hookimpl
 
-__all__ = ["ConfigSteps", "EulerConfig", "EulerSampler", "GridTime", "SamplerConfig", "SdeConfig", "SdeSampler",
+__all__ = ["ConfigSteps", "EulerConfig", "EulerSampler", "SamplerConfig", "SdeConfig", "SdeSampler",
            "sampling_grid"]
 
 

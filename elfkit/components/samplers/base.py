@@ -11,14 +11,14 @@ the grid the sampler is called with (a sampler then reads K back as ``len(grid) 
 
 from __future__ import annotations
 
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
 from elfkit.config import ComponentConfig
-from elfkit.contracts import Sampler
+from elfkit.contracts import Sampler, TimeDistribution
 from elfkit.errors import ElfkitError
 
 
@@ -46,20 +46,13 @@ class ConfigSteps(Generic[C]):
         return steps
 
 
-class GridTime(Protocol):
-    """The part of a time component sampling uses: ``grid(steps, generator, device) -> (steps+1,)``."""
-
-    def grid(self, steps: int, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu") -> Tensor: ...
-
-
 def generator_device(generator: torch.Generator | None, device: torch.device | str) -> torch.device:
     """Where draws from ``generator`` happen: its own device, so a CPU generator gives the same
     numbers whatever device sampling runs on; without a generator, ``device``."""
     return generator.device if generator is not None else torch.device(device)
 
 
-def sampling_grid(sampler: Sampler, time: GridTime, generator: torch.Generator | None,
+def sampling_grid(sampler: Sampler, time: TimeDistribution, generator: torch.Generator | None,
                   device: torch.device | str = "cpu") -> Tensor:
     """The (K+1,) grid ``sampler`` runs on: K = ``sampler.steps`` intervals drawn by ``time`` from
     ``generator`` (on the generator's device; ELF's logit-normal grid is random per batch),
