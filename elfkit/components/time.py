@@ -14,7 +14,7 @@ from elfkit.hookspecs import hookimpl
 class LogitNormalConfig(ComponentConfig):
     mean: float = -1.5
     """Mean of the normal before the sigmoid (ELF: −1.5, median t≈0.18)."""
-    std: float = Field(0.8, gt=0)
+    std: float = Field(default=0.8, gt=0)
     """Std of the normal before the sigmoid."""
 
 

@@ -33,11 +33,11 @@ INSTALL = 'pip install "elfkit[export]"  (onnx, onnxscript, onnxruntime)'
 
 
 class OnnxConfig(ComponentConfig):
-    opset: int | None = Field(None, ge=18)
+    opset: int | None = Field(default=None, ge=18)
     """ONNX opset version; None = the torch exporter's default."""
     optimize: bool = True
     """Let the exporter run its graph optimisations (constant folding, fusion)."""
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(default=None, ge=1)
     """onnxruntime intra-op threads; None = torch.get_num_threads()."""
 
 

@@ -40,19 +40,19 @@ from elfkit.records import Batch, Prediction
 
 
 class ElfObjectiveConfig(ComponentConfig):
-    decoder_prob: float = Field(0.2, ge=0, le=1)
+    decoder_prob: float = Field(default=0.2, ge=0, le=1)
     """Probability that an example (or a whole step, see branch_mixing) trains the decoder CE branch."""
-    decoder_noise_scale: float = Field(5.0, ge=0)
+    decoder_noise_scale: float = Field(default=5.0, ge=0)
     """s_dec in dz = λ·x0 + (1−λ)·s_dec·ε' (ELF: 5.0 for OWT, 1.0 for De-En/XSum)."""
     decoder_p_mean: float = 0.8
     """Mean of the normal behind the per-token λ = sigmoid(N(mean, std)) of the decoder corruption."""
-    decoder_p_std: float = Field(0.8, ge=0)
+    decoder_p_std: float = Field(default=0.8, ge=0)
     """Std of that normal."""
-    self_cond_prob: float = Field(0.5, ge=0, le=1)
+    self_cond_prob: float = Field(default=0.5, ge=0, le=1)
     """Probability that a denoiser example is self-conditioned on the model's own no-grad x̂."""
-    guidance_min: float = Field(0.5, ge=0)
+    guidance_min: float = Field(default=0.5, ge=0)
     """Self-cond guidance scale w: 1+w is log-uniform on [1+guidance_min, 1+guidance_max]."""
-    guidance_max: float = Field(5.0, ge=0)
+    guidance_max: float = Field(default=5.0, ge=0)
     """Upper end of that range."""
     guided_target: bool = True
     """Train the self-cond guidance into the target: v* + use_sc·(1−1/w)·sg(v(x̂_c) − v(x̂_u))."""
