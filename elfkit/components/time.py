@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -9,6 +11,9 @@ from torch import Tensor
 from elfkit.config import ComponentConfig
 from elfkit.core import distributions as tmath
 from elfkit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from elfkit.registry import ComponentRegistrar
 
 
 class LogitNormalConfig(ComponentConfig):
@@ -50,6 +55,6 @@ class UniformTime:
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("time", "logit-normal", LogitNormalTime, LogitNormalConfig)
     registry.add("time", "uniform", UniformTime, UniformConfig)
