@@ -24,16 +24,17 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from elfkit.components.backbones import EagerRunner, ELFBackboneConfig, build_elf_backbone
+from elfkit.components.backbones import EagerRunner, ELFBackbone, ELFBackboneConfig, build_elf_backbone
 from elfkit.components.exporters import ExportSpec, export_backbone, load_runner, read_manifest
 from elfkit.components.exporters.manifest import library_versions
 from elfkit.components.exporters.spec import DimRange
 from elfkit.components.guidance import SelfCondConfig
 from elfkit.components.samplers import SdeConfig
+from elfkit.contracts import Backbone
 from elfkit.core.flow import FlowPath
 from elfkit.errors import ElfkitError
 from elfkit.generation import generate
@@ -43,7 +44,7 @@ ALL = ("eager", "compile", "torch-export", "aoti", "onnx", "tensorrt")
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--preset", default=None, help="ELF-B/M/L; default: --depth/--width/--heads")
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--width", type=int, default=128)
@@ -84,7 +85,7 @@ def p99(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, max(0, round(0.99 * (len(xs) - 1))))]
 
 
-def build_runners(bb: torch.nn.Module, args: argparse.Namespace, device: torch.device, workdir: Path,
+def build_runners(bb: ELFBackbone, args: argparse.Namespace, device: torch.device, workdir: Path,
                   registry: Any, target: Any) -> dict[str, tuple[Any, float, str]]:
     """name → (runner, build seconds, note); unavailable formats get runner None and the reason."""
     wanted = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -99,7 +100,9 @@ def build_runners(bb: torch.nn.Module, args: argparse.Namespace, device: torch.d
             if name == "eager":
                 runner, note = EagerRunner(bb, autocast_dtype=autocast), ""
             elif name == "compile":
-                runner, note = EagerRunner(torch.compile(bb, dynamic=False), autocast_dtype=autocast), "first calls"
+                # the compiled module forwards attribute access (capabilities, decode_logits) to bb
+                compiled = cast(Backbone, torch.compile(bb, dynamic=False))
+                runner, note = EagerRunner(compiled, autocast_dtype=autocast), "first calls"
             else:
                 fmt, config = {"torch-export": ("torch-export", {}), "aoti": ("torch-export", {"aot_inductor": True}),
                                "onnx": ("onnx", {}), "tensorrt": ("tensorrt", {})}[name]

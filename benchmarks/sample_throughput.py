@@ -35,7 +35,7 @@ SDE, SELF_COND = SdeConfig(), SelfCondConfig()   # ELF's sampling defaults, decl
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     add_model_args(p)
     p.add_argument("--steps", type=int, default=SDE.steps, help="sampler grid intervals")
     p.add_argument("--gamma", type=float, default=SDE.gamma)

@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import add_model_args  # noqa: E402
 
+from elfkit.components.backbones import ELFBackbone  # noqa: E402
 from elfkit.components.objectives import ElfObjective, ElfObjectiveConfig  # noqa: E402
 from elfkit.core.flow import FlowPath  # noqa: E402
 from elfkit.pipeline.train.ema import EMA  # noqa: E402
 from elfkit.pipeline.train.optimizers import build_optimizer, clip_grad_norm  # noqa: E402
-from elfkit.recipe.schema import TrainSection  # noqa: E402
+from elfkit.recipe.schema import MuonSection, TrainSection  # noqa: E402
 from elfkit.records import Batch  # noqa: E402
 from elfkit.registry import build_registry  # noqa: E402
 
@@ -45,7 +46,7 @@ PEAK_TFLOPS = {"H100": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0},
                "H200": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0}}
 
 
-def build_backbone(args: argparse.Namespace) -> torch.nn.Module:
+def build_backbone(args: argparse.Namespace) -> ELFBackbone:
     cfg = {"latent_dim": args.latent_dim, "vocab_size": args.vocab, "max_length": args.seq,
            "decoder_hidden": args.decoder_hidden}
     if args.preset:
@@ -55,24 +56,24 @@ def build_backbone(args: argparse.Namespace) -> torch.nn.Module:
     return build_registry(entry_points=False).build("backbone", "elf", cfg)
 
 
-def forward_flops(backbone: torch.nn.Module, seq: int) -> tuple[float, float]:
+def forward_flops(backbone: ELFBackbone, seq: int) -> tuple[float, float]:
     """(backbone forward FLOPs per sequence without the decoder head, decoder head FLOPs per token)."""
-    c = backbone.cfg
-    d, h, r, v, e = c.latent_dim, c.width, c.bottleneck_dim, c.vocab_size, c.decoder_hidden
-    inner, qkv = c.resolved_mlp_inner, c.heads * c.resolved_head_dim
+    c, s = backbone.cfg, backbone.sizes
+    d, h, r, v, e = s.latent_dim, s.width, c.bottleneck_dim, s.vocab_size, c.decoder_hidden
+    inner, qkv = s.mlp_inner, s.heads * s.head_dim
     n = seq + c.num_prefix
     f = 2 * seq * (d * r + r * h)                                        # bottleneck input projection
     if c.self_conditioning:
         f += 2 * seq * (2 * d) * d                                        # self_cond_proj
     f += 2 * (256 * h + h * h) * (2 if c.guidance_tokens else 1)          # timestep / w embedders
     per_block = 2 * n * h * 3 * qkv + 2 * 2 * n * n * qkv + 2 * n * qkv * h + 2 * n * h * 2 * inner + 2 * n * inner * h
-    f += c.depth * per_block
+    f += s.depth * per_block
     f += 2 * seq * h * d                                                 # x head
     head = 2 * (h * e + e * v) if c.decoder_head else 0.0
     return float(f), float(head)
 
 
-def flops_per_token(backbone: torch.nn.Module, seq: int, obj: ElfObjectiveConfig, reference: bool) -> float:
+def flops_per_token(backbone: ELFBackbone, seq: int, obj: ElfObjectiveConfig, reference: bool) -> float:
     fwd_seq, head_tok = forward_flops(backbone, seq)
     fwd_tok = fwd_seq / seq
     p_dec, p_sc = obj.decoder_prob, obj.self_cond_prob
@@ -113,7 +114,7 @@ def default_peak(device: torch.device, precision: str, tf32: bool) -> float | No
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     add_model_args(p)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--no-tf32", action="store_true", help="strict fp32 matmuls on CUDA")
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     target = registry.build("target", "x").bind(FlowPath())          # ELF: x-prediction, v loss, its path
     time_c = registry.build("time", "logit-normal")
     train = TrainSection(batch_size=args.batch, optimizer=args.optimizer,
-                         muon={"implementation": args.muon_implementation, "ns_dtype": args.ns_dtype})
+                         muon=MuonSection(implementation=args.muon_implementation, ns_dtype=args.ns_dtype))
     opt = build_optimizer(net, train)
     ema = EMA(net, train.ema_decay)
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -190,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     print(f"device            {name} ({device.type}, {torch.get_num_threads()} threads)")
     print(f"torch             {torch.__version__}")
-    print(f"model             depth {net.cfg.depth} width {net.cfg.width} heads {net.cfg.heads} D {net.cfg.latent_dim} "
-          f"V {net.cfg.vocab_size} ({n_params / 1e6:.2f}M params)")
+    print(f"model             depth {net.sizes.depth} width {net.sizes.width} heads {net.sizes.heads} "
+          f"D {net.sizes.latent_dim} V {net.sizes.vocab_size} ({n_params / 1e6:.2f}M params)")
     print(f"run               batch {args.batch}×{args.seq} {args.precision} {args.optimizer} "
           f"{'reference-style' if args.reference_style else 'elfkit'}{' compiled' if args.compile else ''}")
     print(f"step time         {dt * 1e3:.1f} ms  (objective fwd+bwd {fb * 1e3:.1f} ms, "

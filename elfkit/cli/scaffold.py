@@ -45,6 +45,7 @@ from elfkit import hookimpl
 from elfkit.components.samplers.base import SamplerConfig, as_grid, batch_time
 from elfkit.contracts import Denoiser
 from elfkit.records import SamplerOutput
+from elfkit.registry import ComponentRegistrar
 
 
 class $config(SamplerConfig):
@@ -81,7 +82,7 @@ class $cls:
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("sampler", "$name", $cls, $config)
 ''')
 

@@ -9,7 +9,7 @@ the prediction, so clamps reweight rather than bias.
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import Tensor
 
@@ -18,9 +18,12 @@ from elfkit.core import flow
 from elfkit.core.flow import FlowPath
 from elfkit.errors import ElfkitError
 from elfkit.hookspecs import hookimpl
-from elfkit.records import Prediction
+from elfkit.records import Prediction, PredictionSpace
 
-Space = Literal["x", "eps", "v"]
+if TYPE_CHECKING:
+    from elfkit.registry import ComponentRegistrar
+
+Space = PredictionSpace   # "x", "eps" or "v": a field of Prediction
 _T = TypeVar("_T", bound="Target")
 
 
@@ -41,7 +44,10 @@ class Target:
     Subclasses implement :meth:`convert`, which always receives the path explicitly.
     """
 
-    output: ClassVar[Space]
+    output: Space
+    """What the network outputs; each subclass sets it once, as a class attribute. Annotated as a
+    plain (read-only) member rather than ``ClassVar``, so targets match the ``output`` property of
+    :class:`elfkit.contracts.Target` (type checkers do not let a ClassVar stand in for a property)."""
 
     def __init__(self, cfg: TargetConfig, path: FlowPath | None = None, *, name: str | None = None) -> None:
         self.cfg = cfg
@@ -110,7 +116,7 @@ class Target:
 class XTarget(Target):
     """Network predicts the clean latent x̂ (ELF default; stable in high dimension)."""
 
-    output = "x"
+    output: Space = "x"
 
     def convert(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
         return Prediction(x=out, eps=flow.x_to_eps(out, z, t, path.t_eps), v=flow.x_to_v(out, z, t, path.t_eps))
@@ -119,7 +125,7 @@ class XTarget(Target):
 class EpsTarget(Target):
     """Network predicts unit-variance noise ε̂₀; ε̂ = s·ε̂₀ (classic diffusion)."""
 
-    output = "eps"
+    output: Space = "eps"
 
     def convert(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
         eps = out * path.noise_scale
@@ -129,14 +135,14 @@ class EpsTarget(Target):
 class VTarget(Target):
     """Network predicts the velocity v̂ = x − ε (rectified-flow style)."""
 
-    output = "v"
+    output: Space = "v"
 
     def convert(self, out: Tensor, z: Tensor, t: Tensor, path: FlowPath) -> Prediction:
         return Prediction(x=flow.v_to_x(out, z, t), eps=flow.v_to_eps(out, z, t), v=out)
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("target", "x", XTarget, TargetConfig)
     registry.add("target", "eps", EpsTarget, TargetConfig)
     registry.add("target", "v", VTarget, TargetConfig)

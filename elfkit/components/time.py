@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -10,11 +12,14 @@ from elfkit.config import ComponentConfig
 from elfkit.core import distributions as tmath
 from elfkit.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    from elfkit.registry import ComponentRegistrar
+
 
 class LogitNormalConfig(ComponentConfig):
     mean: float = -1.5
     """Mean of the normal before the sigmoid (ELF: −1.5, median t≈0.18)."""
-    std: float = Field(0.8, gt=0)
+    std: float = Field(default=0.8, gt=0)
     """Std of the normal before the sigmoid."""
 
 
@@ -50,6 +55,6 @@ class UniformTime:
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("time", "logit-normal", LogitNormalTime, LogitNormalConfig)
     registry.add("time", "uniform", UniformTime, UniformConfig)

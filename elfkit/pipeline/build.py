@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from elfkit.components.targets import Target
-from elfkit.contracts import Embedder
+from elfkit.contracts import Dataset, Embedder, Objective, SupportsUnembeddingTie, TimeDistribution
 from elfkit.core.flow import FlowPath
 from elfkit.errors import RecipeError
 from elfkit.recipe.schema import Recipe
 from elfkit.registry import Registry
+
+if TYPE_CHECKING:
+    from elfkit.contracts import BackboneModule
 
 
 @dataclass
@@ -28,12 +31,12 @@ class Components:
 
     recipe: Recipe
     registry: Registry
-    dataset: Any
+    dataset: Dataset | None          # None when built without it (sampling an unconditional model)
     embedder: Embedder
-    backbone: nn.Module
-    target: Target
-    time: Any
-    objective: Any
+    backbone: BackboneModule         # a Backbone that is an nn.Module
+    target: Target                   # bound to the recipe's flow path
+    time: TimeDistribution
+    objective: Objective
 
     @property
     def path(self) -> FlowPath:
@@ -72,7 +75,7 @@ def build_components(recipe: Recipe, registry: Registry, *, with_dataset: bool =
     )
 
 
-def tie_unembedding(embedder: Any, backbone: nn.Module, *, embedder_name: str = "?",
+def tie_unembedding(embedder: Embedder, backbone: nn.Module, *, embedder_name: str = "?",
                     backbone_name: str = "?") -> bool:
     """Tie the backbone's unembedding to ``embedder.tied_unembedding`` if the embedder offers one.
 
@@ -82,16 +85,15 @@ def tie_unembedding(embedder: Any, backbone: nn.Module, *, embedder_name: str = 
     weight = getattr(embedder, "tied_unembedding", None)
     if weight is None:
         return False
-    hook = getattr(backbone, "tie_unembedding", None)
-    if not callable(hook):
+    if not isinstance(backbone, SupportsUnembeddingTie):
         raise RecipeError(f"embedder '{embedder_name}' has tie_unembedding: true, but backbone '{backbone_name}' "
                           "cannot tie its unembedding (it has no tie_unembedding(weight) method); set "
                           "embedder.tie_unembedding: false")
-    hook(weight)
+    backbone.tie_unembedding(weight)
     return True
 
 
-def sampling_time(recipe: Recipe, registry: Registry, components: Components | None = None) -> Any:
+def sampling_time(recipe: Recipe, registry: Registry, components: Components | None = None) -> TimeDistribution:
     """The time component that draws the sampling grid (default: the training one, as ELF)."""
     if recipe.sample.grid is None:
         if components is not None:

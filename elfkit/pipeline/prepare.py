@@ -31,11 +31,14 @@ def data_cache_dir(recipe: Recipe) -> Path:
 def prepare_data(components: Components, run: RunDir, console: Console | None = None) -> DataSplits:
     """Load and tokenise the dataset (cached), write held-out reference texts, return splits."""
     console = console or Console(stderr=True)
+    dataset = components.dataset
+    if dataset is None:
+        raise DataError("prepare_data needs the dataset: build the components with with_dataset=True")
     cfg = components.recipe.data.config
     cache = data_cache_dir(components.recipe)
     t0 = time.perf_counter()
     with console.status(f"preparing data '{components.recipe.data.name}'"):
-        splits = components.dataset.load(components.embedder.tokenizer, cache)
+        splits = dataset.load(components.embedder.tokenizer, cache)
     limit = getattr(cfg, "max_train_examples", None)
     if limit is not None and splits.sized and len(splits.train) > limit:
         splits = subset_train(splits, limit, seed=components.recipe.seed)

@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from elfkit.components.datasets.collate import Collator
 from elfkit.components.datasets.splits import EvalPair
+from elfkit.contracts import Dataset, ModelRunner
 from elfkit.errors import DataError
 from elfkit.fileio import atomic_write_text
 from elfkit.generation import Condition, generate, postprocess
@@ -39,7 +39,7 @@ def _sampling_fingerprint(recipe: Recipe, checkpoint: Path, step: int, engine: P
                         "engine": str(engine) if engine else None, "data": r["data"]})
 
 
-def _runner(trained: Trained, engine: Path | None, device: torch.device) -> Any:
+def _runner(trained: Trained, engine: Path | None, device: torch.device) -> ModelRunner:
     if engine is not None:
         from elfkit.components.exporters import load_runner
         return load_runner(engine, device=device, registry=trained.components.registry)
@@ -47,12 +47,12 @@ def _runner(trained: Trained, engine: Path | None, device: torch.device) -> Any:
     return EagerRunner(trained.components.backbone.to(device))
 
 
-def _conditions(trained: Trained) -> tuple[list[EvalPair] | None, Collator | None]:
-    """Held-out conditional examples in order (first ``num_samples``), with clean condition latents."""
-    c = trained.components
-    splits = c.dataset.load(c.embedder.tokenizer, data_cache_dir(trained.recipe))
+def _conditions(trained: Trained, dataset: Dataset) -> tuple[list[EvalPair], Collator] | None:
+    """Held-out conditional examples in order (first ``num_samples``), with the collator that
+    embeds their clean conditions; None when the dataset is not conditional."""
+    splits = dataset.load(trained.components.embedder.tokenizer, data_cache_dir(trained.recipe))
     if not splits.conditional:
-        return None, None
+        return None
     if not splits.eval_pairs:
         raise DataError(f"dataset '{trained.recipe.data.name}' has no held-out pairs to condition on")
     return splits.eval_pairs[: trained.recipe.sample.num_samples], replace(splits.collator, label_drop_prob=0.0)
@@ -71,12 +71,13 @@ def generate_records(trained: Trained, *, engine: Path | None = None, console: C
     runner = _runner(trained, engine, torch.device(device))
     tok = c.embedder.tokenizer
     max_length = recipe.data.config.max_length
-    pairs, collator = None, None
+    conditions = None
     if getattr(recipe.data.config, "max_input_length", None) is not None:   # conditional task
-        if c.dataset is None:
-            c.dataset = registry.build("dataset", recipe.data.name, recipe.data.config)
-        pairs, collator = _conditions(trained)
-    total = s.num_samples if pairs is None else len(pairs)
+        dataset = c.dataset
+        if dataset is None:
+            dataset = c.dataset = registry.build("dataset", recipe.data.name, recipe.data.config)
+        conditions = _conditions(trained, dataset)
+    total = s.num_samples if conditions is None else len(conditions[0])
     records: list[SampleRecord] = []
     columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("seed {task.fields[seed]}"),
                TimeRemainingColumn())
@@ -87,7 +88,8 @@ def generate_records(trained: Trained, *, engine: Path | None = None, console: C
             for start in range(0, total, s.batch_size):
                 num = min(s.batch_size, total - start)
                 condition, cond_len, gen_length, batch_pairs = None, None, None, None
-                if pairs is not None:
+                if conditions is not None:
+                    pairs, collator = conditions
                     batch_pairs = pairs[start:start + num]
                     batch = collator([{"condition_input_ids": p.condition_ids, "input_ids": []} for p in batch_pairs])
                     with torch.inference_mode():

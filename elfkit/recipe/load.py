@@ -272,18 +272,21 @@ def resolved_dict(recipe: Recipe) -> dict[str, Any]:
     """The fully resolved recipe: every section and component config with defaults."""
     out = recipe.model_dump(mode="json")
 
-    def fill(container: dict[str, Any], key: str | int, ref: ComponentRef | None) -> None:
+    def filled(ref: ComponentRef | None) -> dict[str, Any] | None:
         if ref is None or ref._config is None:
-            return
-        container[key] = {"name": ref.name, **ref._config.model_dump(mode="json")}
+            return None
+        return {"name": ref.name, **ref._config.model_dump(mode="json")}
 
     for path, _ in COMPONENT_SLOTS:
         parent = out
         for p in path[:-1]:
             parent = parent[p]
-        fill(parent, path[-1], _get(recipe, path))
+        if (slot := filled(_get(recipe, path))) is not None:
+            parent[path[-1]] = slot
+    evaluators = out["eval"]["evaluators"]
     for i, ref in enumerate(recipe.eval.evaluators):
-        fill(out["eval"]["evaluators"], i, ref)
+        if (slot := filled(ref)) is not None:
+            evaluators[i] = slot
     return out
 
 

@@ -63,11 +63,11 @@ class PathSection(BaseModel):
     """The flow path shared by training and sampling."""
 
     model_config = STRICT
-    noise_scale: float = Field(NOISE_SCALE, gt=0)
+    noise_scale: float = Field(default=NOISE_SCALE, gt=0)
     """s in z = t·x + (1−t)·s·ε (ELF: 2.0). Also scales sampling's initial and SDE noise."""
-    t_eps: float = Field(T_EPS, gt=0, lt=1)
+    t_eps: float = Field(default=T_EPS, gt=0, lt=1)
     """Clamp for 1−t in x→v (ELF: 0.05)."""
-    t_min: float = Field(T_MIN, gt=0, lt=1)
+    t_min: float = Field(default=T_MIN, gt=0, lt=1)
     """Clamp for t in ε→x (ε-prediction only)."""
 
     def flow_path(self) -> FlowPath:
@@ -77,8 +77,8 @@ class PathSection(BaseModel):
 
 class MuonSection(BaseModel):
     model_config = STRICT
-    momentum: float = Field(0.95, ge=0, lt=1)
-    ns_steps: int = Field(5, ge=1)
+    momentum: float = Field(default=0.95, ge=0, lt=1)
+    ns_steps: int = Field(default=5, ge=1)
     implementation: Literal["reference", "torch"] = "reference"
     """'reference': optax-style Muon as ELF trains it (bias-corrected Nesterov, √max(1,out/in)
     scaling). 'torch': torch.optim.Muon (differs: see docs/optimisation.md)."""
@@ -89,37 +89,37 @@ class MuonSection(BaseModel):
 
 class TrainSection(BaseModel):
     model_config = STRICT
-    steps: int = Field(1000, gt=0)
+    steps: int = Field(default=1000, gt=0)
     """Optimiser steps."""
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(default=32, gt=0)
     """Global batch (all ranks, one accumulation step counts once)."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
     """Micro-steps per optimiser step; the LR uses blr·batch_size·grad_accum/256."""
-    blr: float = Field(1e-3, gt=0)
+    blr: float = Field(default=1e-3, gt=0)
     """Base LR; the LR is blr·batch_size·grad_accum/256 (ELF: 1e-3 → 2e-3 at 512)."""
-    lr: float | None = Field(None, gt=0)
+    lr: float | None = Field(default=None, gt=0)
     """Explicit LR (overrides the blr rule)."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
     """Linear warmup from 0, then constant (ELF)."""
     optimizer: Literal["muon", "adamw"] = "muon"
     """'muon': Muon on 2-D params + Nesterov-Adam on the rest (ELF). 'adamw': AdamW on all."""
     muon: MuonSection = MuonSection()
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    clip_grad: float | None = Field(1.0, gt=0)
+    adam_eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    clip_grad: float | None = Field(default=1.0, gt=0)
     """Global-norm clip (None = off)."""
-    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    ema_decay: float = Field(default=0.9999, ge=0, lt=1)
     """EMA of the weights, used for sampling when sample.use_ema."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """'bf16': autocast for the blocks; heads, norms and losses stay fp32 (reference)."""
     compile: bool = False
     activation_checkpointing: bool = False
-    checkpoint_every: int = Field(200, gt=0)
+    checkpoint_every: int = Field(default=200, gt=0)
     """Steps between checkpoints (also written at the end and on Ctrl-C)."""
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(10, gt=0)
-    max_minutes: float | None = Field(None, gt=0)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    log_every: int = Field(default=10, gt=0)
+    max_minutes: float | None = Field(default=None, gt=0)
     """Wall-time budget: when reached, training ends with a checkpoint and the run moves on to
     sampling (the step reached is recorded in stages.json and the report)."""
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
@@ -132,8 +132,8 @@ class SampleSection(BaseModel):
     grid: ComponentRef | None = None
     """Time component giving the grid; None = the recipe's training `time` (ELF)."""
     guidance: ComponentRef = Field(default_factory=lambda: default_ref("self-cond", SelfCondConfig))
-    num_samples: int = Field(64, gt=0)
-    batch_size: int = Field(32, gt=0)
+    num_samples: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=32, gt=0)
     use_ema: bool = True
     seeds: list[int] = Field(default_factory=lambda: [0])
     """One sample set per seed; metrics are reported as mean ± standard error."""
@@ -144,7 +144,7 @@ class EvalSection(BaseModel):
     evaluators: list[ComponentRef] = Field(default_factory=list)
     references: bool = True
     """Also score held-out real text and a token-shuffled copy of it, as reference rows."""
-    num_references: int = Field(64, gt=0)
+    num_references: int = Field(default=64, gt=0)
 
 
 class SweepSection(BaseModel):

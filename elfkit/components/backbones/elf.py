@@ -75,23 +75,23 @@ class ELFBackboneConfig(ComponentConfig):
 
     preset: Literal["ELF-B", "ELF-M", "ELF-L"] | None = "ELF-B"
     """Paper size (B 105M, M 343M, L 652M with the T5 vocabulary). None: give depth/width/heads."""
-    depth: int | None = Field(None, gt=0)
+    depth: int | None = Field(default=None, gt=0)
     """Number of transformer blocks (preset value if unset)."""
-    width: int | None = Field(None, gt=0)
+    width: int | None = Field(default=None, gt=0)
     """Hidden width H (preset value if unset)."""
-    heads: int | None = Field(None, gt=0)
+    heads: int | None = Field(default=None, gt=0)
     """Attention heads (preset value if unset)."""
-    head_dim: int | None = Field(None, gt=0)
+    head_dim: int | None = Field(default=None, gt=0)
     """Per-head width; None → width/heads (ELF-M: 66). Must be even (RoPE rotates pairs)."""
-    mlp_inner: int | None = Field(None, gt=0)
+    mlp_inner: int | None = Field(default=None, gt=0)
     """SwiGLU inner width; None → int(int(4·width)·2/3) (B 2048, M 2816, L 3413)."""
-    bottleneck_dim: int = Field(128, gt=0)
+    bottleneck_dim: int = Field(default=128, gt=0)
     """Rank of the linear input embedding D → r → H."""
-    num_time_tokens: int = Field(4, gt=0)
+    num_time_tokens: int = Field(default=4, gt=0)
     """Prefix tokens carrying t."""
-    num_guidance_tokens: int = Field(4, gt=0)
+    num_guidance_tokens: int = Field(default=4, gt=0)
     """Prefix tokens carrying the self-cond CFG scale w (only with ``guidance_tokens``)."""
-    num_mode_tokens: int = Field(4, ge=0)
+    num_mode_tokens: int = Field(default=4, ge=0)
     """Decode-mode tokens (only with ``decoder_head``); zeroed but still present in denoise mode."""
     self_conditioning: bool = True
     """Fuse a self-conditioning estimate through Linear(2D → D) (``self_cond_proj``)."""
@@ -99,17 +99,17 @@ class ELFBackboneConfig(ComponentConfig):
     """Condition on the trained-in self-cond CFG scale w via prefix tokens; every call then needs w."""
     decoder_head: bool = True
     """Decoder head (hidden → logits) and mode tokens, for one-network decoding."""
-    decoder_hidden: int = Field(512, gt=0)
+    decoder_hidden: int = Field(default=512, gt=0)
     """Inner width of the decoder head (ELF: 512, the T5 latent width)."""
-    rope_theta: float = Field(10000.0, gt=0)
+    rope_theta: float = Field(default=10000.0, gt=0)
     """RoPE base."""
-    proj_dropout: float = Field(0.0, ge=0, lt=1)
+    proj_dropout: float = Field(default=0.0, ge=0, lt=1)
     """Dropout after attention/MLP projections, only in blocks depth/4 ≤ i < 3·depth/4 (ELF: 0)."""
-    latent_dim: int | None = Field(None, gt=0)
+    latent_dim: int | None = Field(default=None, gt=0)
     """Latent width D; filled from the embedder by the pipeline."""
-    vocab_size: int | None = Field(None, gt=0)
+    vocab_size: int | None = Field(default=None, gt=0)
     """Decoder vocabulary V; filled from the embedder's tokenizer by the pipeline."""
-    max_length: int | None = Field(None, gt=0)
+    max_length: int | None = Field(default=None, gt=0)
     """Longest text sequence (RoPE table size); filled from the dataset by the pipeline."""
 
     @model_validator(mode="before")

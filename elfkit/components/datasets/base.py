@@ -28,15 +28,15 @@ def default_cache_dir() -> Path:
 
 
 class DatasetConfig(ComponentConfig):
-    max_length: int = Field(128, gt=1)
+    max_length: int = Field(default=128, gt=1)
     """Sequence length S of every batch (condition + target + padding)."""
-    max_input_length: int | None = Field(None, gt=0)
+    max_input_length: int | None = Field(default=None, gt=0)
     """Conditional data: the condition is cut to this many tokens; None = unconditional."""
     pad: Literal["pad", "eos"] = "pad"
     """Fill the tail with the pad id ('pad': tail excluded from the loss) or EOS ('eos': trained)."""
-    label_drop_prob: float = Field(0.0, ge=0, le=1)
+    label_drop_prob: float = Field(default=0.0, ge=0, le=1)
     """Per-example probability of dropping the condition (CFG training; ELF De-En/XSum: 0.1)."""
-    eval_size: int = Field(256, ge=0)
+    eval_size: int = Field(default=256, ge=0)
     """Held-out examples (or reference texts) kept for evaluation."""
     cache_dir: str | None = None
     """Tokenised data / latents / fetched corpora; None = $ELFKIT_CACHE or ~/.cache/elfkit."""
@@ -44,7 +44,7 @@ class DatasetConfig(ComponentConfig):
     """Stream from the source (datasets.IterableDataset) instead of materialising it."""
     cache_latents: Literal["auto", "always", "never"] = "auto"
     """Precompute frozen-encoder latents (unconditional fixed chunks without label drop only)."""
-    max_train_examples: int | None = Field(None, gt=0)
+    max_train_examples: int | None = Field(default=None, gt=0)
     """Train on a fixed random subset of this many examples (CPU-sized runs); None = all."""
 
     @model_validator(mode="after")

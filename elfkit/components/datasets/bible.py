@@ -47,7 +47,7 @@ def chapter_order(keys: list[str], seed: int) -> list[str]:
 class BibleConfig(UnconditionalConfig):
     version: Literal["web", "kjv", "asv"] = "web"
     """World English Bible (modern English, default), King James, or American Standard."""
-    eval_size: int = Field(64, ge=0)
+    eval_size: int = Field(default=64, ge=0)
     """Held-out chunks (whole chapters are held out until they give this many)."""
     split_seed: int = 0
     """Seed of the chapter order that picks the held-out chapters."""
@@ -103,11 +103,11 @@ class BiblePairsConfig(ConditionalConfig):
     pair: Literal["kjv-rv1909", "rv1909-kjv", "kjv-web"] = "kjv-rv1909"
     """'kjv-rv1909': English → Spanish, 'rv1909-kjv': Spanish → English (both need apt-get download
     once); 'kjv-web': archaic → modern English."""
-    max_length: int = Field(96, gt=1)
-    max_input_length: int | None = Field(40, gt=0)
+    max_length: int = Field(default=96, gt=1)
+    max_input_length: int | None = Field(default=40, gt=0)
     pad: Literal["pad", "eos"] = "eos"
-    label_drop_prob: float = Field(0.1, ge=0, le=1)
-    eval_size: int = Field(256, ge=0)
+    label_drop_prob: float = Field(default=0.1, ge=0, le=1)
+    eval_size: int = Field(default=256, ge=0)
     """Held-out pairs (from whole held-out chapters)."""
     drop_overlong: bool = True
     """Skip pairs whose source (+EOS) exceeds max_input_length or target (+EOS) the remaining room."""

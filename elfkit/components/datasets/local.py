@@ -38,7 +38,7 @@ class LocalConfig(DatasetConfig):
     """Conditional: the target text field."""
     sample_by: Literal["paragraph", "line", "document"] = "paragraph"
     """Text files: one example per paragraph (blank-line separated), line, or file."""
-    num_proc: int | None = Field(None, gt=0)
+    num_proc: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _source(self) -> LocalConfig:

@@ -15,7 +15,7 @@ from elfkit.errors import DataError
 
 
 class OpenWebTextConfig(UnconditionalConfig):
-    max_length: int = Field(1024, gt=1)
+    max_length: int = Field(default=1024, gt=1)
     """Chunk length (ELF OWT: 1024 T5 tokens)."""
     hub_id: str = "Skylion007/openwebtext"
     """Hub dataset (parquet) used when neither data_files nor path is set."""
@@ -24,9 +24,9 @@ class OpenWebTextConfig(UnconditionalConfig):
     path: str | None = None
     """Local copy: a folder written by datasets.save_to_disk."""
     text_field: str = "text"
-    num_proc: int | None = Field(None, gt=0)
+    num_proc: int | None = Field(default=None, gt=0)
     """Processes for tokenisation (datasets.map)."""
-    eval_size: int = Field(256, ge=0)
+    eval_size: int = Field(default=256, ge=0)
     """The last eval_size documents are held out (their leading max_length tokens are the reference texts)."""
 
 
@@ -64,14 +64,14 @@ class OpenWebText(TextDataset[OpenWebTextConfig]):
 
 
 class OpenWebTextT5Config(UnconditionalConfig):
-    max_length: int = Field(1024, gt=1)
+    max_length: int = Field(default=1024, gt=1)
     hub_id: str = "embedded-language-flows/openwebtext-t5"
     """The official pre-chunked T5 split (1024-token chunks, ~9.7M rows)."""
     data_files: list[str] | str | None = None
     """Local copy: parquet/arrow files with input_ids."""
     path: str | None = None
     """Local copy: a save_to_disk folder."""
-    eval_size: int = Field(256, ge=0)
+    eval_size: int = Field(default=256, ge=0)
     """The last eval_size chunks are held out (decoded as reference texts)."""
 
 

@@ -32,9 +32,9 @@ from elfkit.errors import DataError
 class PairDatasetConfig(ConditionalConfig):
     pad: Literal["pad", "eos"] = "eos"
     """ELF pads conditional tasks with EOS and trains the tail (that is how length is learned)."""
-    label_drop_prob: float = Field(0.1, ge=0, le=1)
+    label_drop_prob: float = Field(default=0.1, ge=0, le=1)
     """Condition dropout for CFG (ELF: 0.1)."""
-    eval_size: int = Field(1000, ge=0)
+    eval_size: int = Field(default=1000, ge=0)
     """Held-out pairs used for BLEU/ROUGE (the first rows of the validation split)."""
     source: Literal["pretokenized", "raw"] = "pretokenized"
     """'pretokenized': the official T5 splits; 'raw': the original dataset, tokenised here."""
@@ -52,19 +52,19 @@ class PairDatasetConfig(ConditionalConfig):
     """Raw data: the source-text field (None = the dataset's own)."""
     target_field: str | None = None
     """Raw data: the target-text field (None = the dataset's own)."""
-    num_proc: int | None = Field(None, gt=0)
+    num_proc: int | None = Field(default=None, gt=0)
 
 
 class WmtConfig(PairDatasetConfig):
-    max_length: int = Field(128, gt=1)
+    max_length: int = Field(default=128, gt=1)
     """ELF De-En: 128 = 64 condition + 64 generated."""
-    max_input_length: int | None = Field(64, gt=0)
+    max_input_length: int | None = Field(default=64, gt=0)
 
 
 class XsumConfig(PairDatasetConfig):
-    max_length: int = Field(1088, gt=1)
+    max_length: int = Field(default=1088, gt=1)
     """ELF XSum: 1088 = 1024 document + 64 generated."""
-    max_input_length: int | None = Field(1024, gt=0)
+    max_input_length: int | None = Field(default=1024, gt=0)
 
 
 class PairDataset(TextDataset[PairDatasetConfig]):

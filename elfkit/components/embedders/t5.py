@@ -32,7 +32,7 @@ class T5EmbedderConfig(EncoderConfig):
     """Hub id or local directory of a T5 checkpoint (any size; only the encoder is loaded)."""
     tokenizer: str | None = None
     """Tokenizer hub id / directory; None = the model's own."""
-    latent_std: float = Field(0.2, gt=0)
+    latent_std: float = Field(default=0.2, gt=0)
     """ELF divides T5-small encoder outputs by 0.2 in every shipped config (class default 1.0 is wrong)."""
     mask_path: Literal["auto", "stock", "manual"] = "auto"
     """How the pairwise mask reaches the blocks: 'stock' = transformers' forward with a 4-D mask,

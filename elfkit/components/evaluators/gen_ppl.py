@@ -89,9 +89,9 @@ class GenPPLConfig(ComponentConfig):
     judge: str = "smollm2"
     """'smollm2' (offline SmolLM2-135M-Instruct Q4_1), 'gpt2-large' (the paper's, from the hub),
     any causal-LM hub id, or a local model directory."""
-    max_length: int = Field(1024, ge=2)
+    max_length: int = Field(default=1024, ge=2)
     """Judge tokens kept per sample (the reference truncates at 1024)."""
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(default=8, gt=0)
     """Samples per judge forward (memory only; the number does not depend on it)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Judge weights dtype (the JAX reference scores in fp32, the torch port in bf16)."""

@@ -16,6 +16,8 @@ modules), :mod:`.build` (trace → files → reopen → parity → manifest), :m
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from elfkit.components.exporters.manifest import MANIFEST, read_manifest
 from elfkit.components.exporters.onnx_export import OnnxConfig, OnnxExporter
 from elfkit.components.exporters.parity import Metrics, ParityReport, check_parity, compare
@@ -31,6 +33,9 @@ from elfkit.components.exporters.torch_export import TorchExportConfig, TorchExp
 from elfkit.contracts import Exporter
 from elfkit.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    from elfkit.registry import ComponentRegistrar
+
 __all__ = [
     "MANIFEST", "PRECISIONS", "TENSORRT_INSTALL", "ArtifactRunner", "DimRange", "ExportSpec", "Exporter", "Metrics",
     "OnnxConfig", "OnnxExporter", "ParityReport", "ParityThresholds", "TorchExportConfig", "TorchExportExporter",
@@ -39,6 +44,6 @@ __all__ = [
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("exporter", "torch-export", TorchExportExporter, TorchExportConfig)
     registry.add("exporter", "onnx", OnnxExporter, OnnxConfig)

@@ -33,11 +33,11 @@ INSTALL = 'pip install "elfkit[export]"  (onnx, onnxscript, onnxruntime)'
 
 
 class OnnxConfig(ComponentConfig):
-    opset: int | None = Field(None, ge=18)
+    opset: int | None = Field(default=None, ge=18)
     """ONNX opset version; None = the torch exporter's default."""
     optimize: bool = True
     """Let the exporter run its graph optimisations (constant folding, fusion)."""
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(default=None, ge=1)
     """onnxruntime intra-op threads; None = torch.get_num_threads()."""
 
 
@@ -72,7 +72,8 @@ class OnnxExporter:
             raise ExportError("onnx export at bf16 cannot be checked on cpu: onnxruntime's CPU provider has no "
                               "bf16 MatMul. Use --precision fp16 (runs on CPU) or fp32, --format torch-export for "
                               "bf16, or export on a CUDA machine (ExportSpec.device='cuda', onnxruntime-gpu)")
-        _require("onnx"), _require("onnxscript"), _require("onnxruntime")
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            _require(module)
         return export_artifact(backbone, out_dir, spec, target=target, fmt=self.format, exporter_config=self.cfg,
                                default_device="cpu", build=self._build, open_runner=self.open, metadata=metadata)
 
@@ -97,6 +98,8 @@ class OnnxExporter:
                         program, (), dynamo=True, dynamic_shapes=dynamic, input_names=list(inputs),
                         output_names=[output], opset_version=self.cfg.opset, optimize=self.cfg.optimize,
                         verbose=False)
+                    if onnx_program is None:   # dynamo=True always returns a program
+                        raise ExportError("torch.onnx.export returned no program")
                     onnx_program.save(str(path))
             except Exception as exc:
                 raise ExportError(f"ONNX translation of the {role} module failed: {type(exc).__name__}: "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from elfkit.errors import ExportError
 
@@ -90,7 +90,7 @@ def parse_range(text: str, what: str = "range") -> DimRange:
     try:
         return DimRange(min=nums[0], opt=nums[1], max=nums[2])
     except ValueError as exc:
-        detail = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+        detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
         raise ExportError(f"{what}: invalid range {text!r}: {detail}") from None
 
 

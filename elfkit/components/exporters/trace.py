@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from elfkit.components.exporters.spec import DimRange, ExportSpec
+from elfkit.contracts import Backbone
 from elfkit.errors import ExportError
 from elfkit.records import ModelCapabilities
 
@@ -33,14 +34,14 @@ DENOISE_INPUTS: tuple[str, ...] = ("z", "t", "self_cond", "guidance")
 DECODE_INPUTS: tuple[str, ...] = ("z", "guidance")
 
 
-def export_modules(backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
+def export_modules(backbone: Backbone) -> tuple[nn.Module, nn.Module]:
     """The (denoise, decode) nn.Modules with tensor-only signatures for tracing.
 
     A backbone may provide its own ``export_modules()``; otherwise the standard wrappers
     of :mod:`elfkit.components.backbones.runner` (which only use the backbone contract
     ``forward(z, t, *, self_cond, guidance, decode)`` / ``decode_logits``) are used.
     """
-    own = getattr(backbone, "export_modules", None)
+    own: Callable[[], tuple[nn.Module, nn.Module]] | None = getattr(backbone, "export_modules", None)
     if callable(own):
         return own()
     from elfkit.components.backbones.runner import DecodeModule, DenoiseModule
@@ -184,7 +185,7 @@ def trace_backbone(backbone: nn.Module, spec: ExportSpec, device: torch.device |
     (``run_decompositions({})``) so downstream compilers see plain aten ops.
     """
     caps: ModelCapabilities | None = getattr(backbone, "capabilities", None)
-    if caps is None:
+    if caps is None or not isinstance(backbone, Backbone):
         raise ExportError(f"{type(backbone).__name__} has no .capabilities; only elfkit backbones can be exported")
     device = torch.device(device)
     seq = spec.seq_range(max_length_of(backbone))

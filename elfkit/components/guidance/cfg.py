@@ -21,9 +21,9 @@ from elfkit.records import ModelCapabilities, Prediction
 
 
 class CfgConfig(ComponentConfig):
-    scale: float = Field(2.0, ge=0)
+    scale: float = Field(default=2.0, ge=0)
     """Condition guidance w: 1 = conditional model only (one pass), 0 = unconditional (ELF: 2.0)."""
-    self_cond_scale: float = Field(1.0, ge=0)
+    self_cond_scale: float = Field(default=1.0, ge=0)
     """Self-conditioning guidance inside each pass (ELF conditional tasks: 1.0)."""
 
 

@@ -19,7 +19,7 @@ from elfkit.records import ModelCapabilities, Prediction
 
 
 class SelfCondConfig(ComponentConfig):
-    scale: float = Field(3.0, ge=0)
+    scale: float = Field(default=3.0, ge=0)
     """w: 1 = plain self-conditioning, 0 = none; ELF samples OWT with 3 (conditional tasks: 1)."""
 
 

@@ -5,18 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from elfkit.records import ObjectiveOutput
 
+if TYPE_CHECKING:
+    from elfkit.contracts import BackboneModule
+
 __all__ = ["ObjectiveOutput", "deterministic", "is_sharded", "unwrap"]
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The bare backbone behind a DDP wrapper (FSDP2 and ``module.compile()`` keep identity)."""
-    return module.module if isinstance(module, DistributedDataParallel) else module
+def unwrap(module: nn.Module) -> BackboneModule:
+    """The bare backbone behind a DDP wrapper (FSDP2 and ``module.compile()`` keep identity).
+
+    Objectives receive the backbone as an ``nn.Module`` (it may be wrapped); what is behind
+    the wrapper is the recipe's backbone, which the type checker cannot see through DDP.
+    """
+    return cast("BackboneModule", module.module if isinstance(module, DistributedDataParallel) else module)
 
 
 def is_sharded(module: nn.Module) -> bool:

@@ -24,7 +24,7 @@ row in every pass) for benchmarks and parity tests.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,26 +33,29 @@ from torch import Tensor, nn
 
 from elfkit.components.objectives.base import ObjectiveOutput, deterministic, is_sharded, unwrap
 from elfkit.components.objectives.guided import guided_target, log_uniform_guidance
-from elfkit.components.targets import Target
 from elfkit.config import ComponentConfig
+from elfkit.contracts import Target, TimeDistribution
 from elfkit.core.flow import FlowPath
-from elfkit.records import Batch, Prediction
+from elfkit.records import Batch, ModelCapabilities, Prediction
+
+if TYPE_CHECKING:
+    from elfkit.contracts import BackboneModule
 
 
 class ElfObjectiveConfig(ComponentConfig):
-    decoder_prob: float = Field(0.2, ge=0, le=1)
+    decoder_prob: float = Field(default=0.2, ge=0, le=1)
     """Probability that an example (or a whole step, see branch_mixing) trains the decoder CE branch."""
-    decoder_noise_scale: float = Field(5.0, ge=0)
+    decoder_noise_scale: float = Field(default=5.0, ge=0)
     """s_dec in dz = λ·x0 + (1−λ)·s_dec·ε' (ELF: 5.0 for OWT, 1.0 for De-En/XSum)."""
     decoder_p_mean: float = 0.8
     """Mean of the normal behind the per-token λ = sigmoid(N(mean, std)) of the decoder corruption."""
-    decoder_p_std: float = Field(0.8, ge=0)
+    decoder_p_std: float = Field(default=0.8, ge=0)
     """Std of that normal."""
-    self_cond_prob: float = Field(0.5, ge=0, le=1)
+    self_cond_prob: float = Field(default=0.5, ge=0, le=1)
     """Probability that a denoiser example is self-conditioned on the model's own no-grad x̂."""
-    guidance_min: float = Field(0.5, ge=0)
+    guidance_min: float = Field(default=0.5, ge=0)
     """Self-cond guidance scale w: 1+w is log-uniform on [1+guidance_min, 1+guidance_max]."""
-    guidance_max: float = Field(5.0, ge=0)
+    guidance_max: float = Field(default=5.0, ge=0)
     """Upper end of that range."""
     guided_target: bool = True
     """Train the self-cond guidance into the target: v* + use_sc·(1−1/w)·sg(v(x̂_c) − v(x̂_u))."""
@@ -90,7 +93,7 @@ def _rows(mask: Tensor) -> Tensor:
 class _HelperInputs:
     """What the no-grad self-conditioning passes read, for all rows or a subset (:meth:`take`)."""
 
-    raw: nn.Module        # the bare backbone (never DDP-wrapped: these passes are not synchronised)
+    raw: BackboneModule   # the bare backbone (never DDP-wrapped: these passes are not synchronised)
     z: Tensor             # (B,S,D) interpolant, condition positions clean
     t: Tensor             # (B,)
     w: Tensor | None      # (B,) guidance scale, None without guidance tokens
@@ -127,7 +130,8 @@ class ElfObjective:
         self.cfg = cfg
 
     # ------------------------------------------------------------------ random draws
-    def draw(self, x0: Tensor, capabilities: Any, *, time: Any, generator: torch.Generator | None) -> ElfDraws:
+    def draw(self, x0: Tensor, capabilities: ModelCapabilities, *, time: TimeDistribution,
+             generator: torch.Generator | None) -> ElfDraws:
         """Draw t, noises, branch choice, self-cond mask and guidance scale for a (B,S,D) batch."""
         cfg, (b, s, d), dev = self.cfg, x0.shape, x0.device
         t = time.sample(b, generator, dev).to(x0.dtype)
@@ -147,7 +151,7 @@ class ElfObjective:
              if capabilities.guidance_tokens else None)
         return ElfDraws(t, noise, is_dec, lam, dec_noise, use_sc, w)
 
-    def __call__(self, backbone: nn.Module, batch: Batch, x0: Tensor, *, target: Target, time: Any,
+    def __call__(self, backbone: nn.Module, batch: Batch, x0: Tensor, *, target: Target, time: TimeDistribution,
                  generator: torch.Generator | None = None, path: FlowPath | None = None) -> ObjectiveOutput:
         """Loss of one micro-batch. ``x0`` (B,S,D) clean latents; ``backbone`` may be DDP-wrapped;
         ``target`` is bound to the flow path (``path``, if given, binds or rebinds it)."""
@@ -220,7 +224,7 @@ class ElfObjective:
         logs = {"loss": stats[0], "l2": stats[1], "ce": stats[2], "decoder_frac": stats[3], "self_cond_frac": stats[4]}
         return ObjectiveOutput(loss=loss, logs=logs)
 
-    def _ce_sum(self, raw: nn.Module, hidden: Tensor, ids: Tensor, mask: Tensor, is_dec: Tensor,
+    def _ce_sum(self, raw: BackboneModule, hidden: Tensor, ids: Tensor, mask: Tensor, is_dec: Tensor,
                 dec: Tensor) -> Tensor:
         if self.cfg.execution == "reference":   # logits for every row, masked afterwards
             logits = raw.decode_logits(hidden).float()                               # (B,S,V)

@@ -25,7 +25,7 @@ from elfkit.errors import ElfkitError
 class SamplerConfig(ComponentConfig):
     """Base config for samplers: the number of grid intervals."""
 
-    steps: int = Field(32, gt=0)
+    steps: int = Field(default=32, gt=0)
     """Grid intervals (ELF: 32 for ELF-B on OWT, 64 for ELF-M/L and the conditional tasks)."""
 
 

@@ -28,7 +28,7 @@ from elfkit.records import SamplerOutput
 
 
 class SdeConfig(SamplerConfig):
-    gamma: float = Field(1.5, ge=0)
+    gamma: float = Field(default=1.5, ge=0)
     """Churn: go back in time by the fraction γ·h before each step (ELF: 1.5 at 32 steps,
     1.0 at 64; 0 = Euler ODE)."""
 

@@ -62,11 +62,11 @@ def aggregate_records(records: Sequence[MetricRecord], row: str) -> list[MetricR
         groups.setdefault((rec.name, rec.judge, rec.precision), []).append(rec)
     out = []
     for (name, judge, precision), recs in groups.items():
-        seeded = sorted((r for r in recs if r.seed is not None), key=lambda r: r.seed)
-        seeds = [r.seed for r in seeded]
+        seeded = sorted(((r.seed, r) for r in recs if r.seed is not None), key=lambda sr: sr[0])
+        seeds = [seed for seed, _ in seeded]
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"metric '{name}' ({judge}) has two records for the same seed: {seeds}")
-        ordered = seeded + [r for r in recs if r.seed is None]
+        ordered = [r for _, r in seeded] + [r for r in recs if r.seed is None]
         values = [float(r.value) for r in ordered]
         mean, se = mean_stderr(values)
         out.append(MetricRow(row=row, metric=name, mean=mean, stderr=se, n=sum(r.n for r in ordered),

@@ -190,7 +190,7 @@ def write_report(run_dir: Path) -> Path:
     recipe = _recipe(run)
     name = (recipe or {}).get("name") or run.root.name
     parts = [f"# {name}", ""]
-    if (recipe or {}).get("description"):
+    if recipe and recipe.get("description"):
         parts += [str(recipe["description"]).strip(), ""]
     parts += [f"Run directory: `{run.root}`", ""]
     for section in (_metrics_section(run, _metrics(run)), _samples_section(run), _training_section(run),
@@ -256,7 +256,7 @@ def compare_runs(run_dirs: list[Path], out: Path) -> Path:
     curves = {lab: [p] for lab, rows in zip(labels, metrics, strict=True) if (p := frontier_point(rows, label=lab))}
     if curves:
         real = next((p for rows in metrics if (p := frontier_point(rows, "real text"))), None)
-        judge = next((pick(rows, "gen_ppl").judge for rows in metrics if pick(rows, "gen_ppl")), None)
+        judge = next((p.judge for rows in metrics if (p := pick(rows, "gen_ppl"))), None)
         plot = frontier_plot(curves, out.with_name(out.stem + "-frontier.png"),
                              reference_entropy=real.entropy if real else None,
                              reference_points={"real text": real} if real else {}, judge=judge)

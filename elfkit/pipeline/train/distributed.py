@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from elfkit.errors import RecipeError
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ def wrap(module: nn.Module, parallel: str, info: DistInfo) -> nn.Module:
     return DistributedDataParallel(module, device_ids=ids)
 
 
-def is_fsdp(module: nn.Module) -> bool:
+def is_fsdp(module: nn.Module) -> TypeGuard[FSDPModule]:
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover
@@ -124,8 +128,9 @@ def is_fsdp(module: nn.Module) -> bool:
 
 def grad_sync(model: nn.Module, sync: bool) -> AbstractContextManager:
     """Skip the gradient all-reduce on accumulation micro-steps (DDP ``no_sync``; FSDP2 flag)."""
-    if hasattr(model, "no_sync") and not sync:
-        return model.no_sync()
+    no_sync = getattr(model, "no_sync", None)   # DDP
+    if no_sync is not None and not sync:
+        return no_sync()
     if is_fsdp(model):
         model.set_requires_gradient_sync(sync)
     return nullcontext()

@@ -5,12 +5,18 @@ no warmup and no bias correction, and is updated ``ema ← d·ema + (1−d)·θ`
 optimiser steps (never on gradient-accumulation micro-steps).
 """
 
+# torch._foreach_* are documented torch functions (multi-tensor ops) that torch's stubs do not export:
+# pyright: reportPrivateImportUsage=false
+
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 class EMA:
@@ -61,7 +67,8 @@ class EMA:
         are gathered to full tensors when ``full`` (a collective: call on every rank).
         """
         def gather(t: Tensor) -> Tensor:
-            return t.full_tensor() if full and hasattr(t, "full_tensor") else t
+            full_tensor = getattr(t, "full_tensor", None) if full else None   # DTensor (FSDP2)
+            return full_tensor() if full_tensor is not None else t
         if module is None:
             return {n: gather(t).detach().clone() for n, t in self.shadow.items()}
         out = {}
@@ -78,7 +85,8 @@ class EMA:
             src = state[name]
             if hasattr(t, "full_tensor"):  # DTensor shadow: keep this rank's slice
                 from torch.distributed.tensor import distribute_tensor
-                src = distribute_tensor(src.to(t.device, t.dtype), t.device_mesh, t.placements,
+                shard = cast("DTensor", t)   # hasattr above is the DTensor test (DTensor is imported for typing only)
+                src = distribute_tensor(src.to(t.device, t.dtype), shard.device_mesh, shard.placements,
                                         src_data_rank=None)
                 t.copy_(src)
             else:

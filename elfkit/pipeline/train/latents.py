@@ -120,7 +120,10 @@ class LatentCache:
         The array is written to a temporary name and renamed when complete, so an
         interrupted build is never mistaken for a finished one.
         """
-        key = cache_key(embedder.identity, embedder.tokenizer.name, max_length, fingerprint)
+        identity = getattr(embedder, "identity", None)   # optional Embedder member (see cacheable)
+        if not identity:
+            raise DataError("cannot key a latent cache: the embedder has no `identity`")
+        key = cache_key(identity, embedder.tokenizer.name, max_length, fingerprint)
         path = Path(root) / f"latents-{key}"
         if (path / "meta.json").is_file():
             cache = cls(path)
@@ -143,7 +146,7 @@ class LatentCache:
         out.flush()
         del out
         os.replace(tmp, path / "latents.npy")
-        meta = {"embedder": embedder.identity, "tokenizer": embedder.tokenizer.name, "max_length": max_length,
+        meta = {"embedder": identity, "tokenizer": embedder.tokenizer.name, "max_length": max_length,
                 "fingerprint": fingerprint, "n": len(examples), "dim": embedder.dim, "dtype": "float16"}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
         return cls(path)

@@ -22,14 +22,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
 
-from elfkit.contracts import TrainData
+from elfkit.contracts import SupportsActivationCheckpointing, TrainData
 from elfkit.errors import CheckpointError, DataError, RecipeError
 from elfkit.pipeline.build import Components
 from elfkit.pipeline.checkpoint import Checkpoint
@@ -41,6 +41,9 @@ from elfkit.pipeline.train.monitor import Monitor
 from elfkit.pipeline.train.optimizers import build_optimizer, build_scheduler, clip_grad_norm, resolve_lr
 from elfkit.recipe.load import resolved_dict
 from elfkit.records import Batch
+
+if TYPE_CHECKING:
+    from elfkit.contracts import BackboneModule
 
 
 @dataclass(frozen=True)
@@ -126,15 +129,16 @@ class _Trainer:
         self.micro = _micro_batch(self.train, info)
         dist_utils.check_parallel(self.train.parallel, self.train.muon.implementation, info)
         self.device = info.device
-        self.raw: nn.Module = c.backbone.to(self.device)
-        emb = c.embedder
-        self.embedder_trainable = bool(getattr(emb, "trainable", False))
-        if isinstance(emb, nn.Module):
+        self.raw: BackboneModule = c.backbone.to(self.device)
+        # a trainable embedder is also an nn.Module (contracts.Embedder); a frozen one may be either
+        emb = c.embedder if isinstance(c.embedder, nn.Module) else None
+        self.embedder_trainable = bool(getattr(c.embedder, "trainable", False))
+        if emb is not None:
             emb.to(self.device)
             if not self.embedder_trainable:
                 emb.requires_grad_(False).eval()   # never holds gradients or optimiser state
         if self.train.activation_checkpointing:
-            if not hasattr(self.raw, "enable_activation_checkpointing"):
+            if not isinstance(self.raw, SupportsActivationCheckpointing):
                 raise RecipeError("train.activation_checkpointing: true, but this backbone has no "
                                   "enable_activation_checkpointing(); set it to false")
             self.raw.enable_activation_checkpointing()
@@ -143,8 +147,8 @@ class _Trainer:
         # parameters ("extra") are handled here on their own.
         own = {id(p) for p in self.raw.parameters()}
         extra = [(n, p) for n, p in emb.named_parameters(prefix="embedder") if id(p) not in own] if (
-            self.embedder_trainable and isinstance(emb, nn.Module)) else []
-        tied = isinstance(emb, nn.Module) and any(id(p) in own for p in emb.parameters())
+            self.embedder_trainable and emb is not None) else []
+        tied = emb is not None and any(id(p) in own for p in emb.parameters())
         if (tied or extra) and info.distributed and self.train.parallel == "fsdp":
             raise RecipeError("train.parallel: fsdp does not support a trainable embedder (it would shard a table "
                               "tied to the unembedding apart from the embedder, and cannot checkpoint an untied "
@@ -153,13 +157,16 @@ class _Trainer:
         if self.train.compile:
             self.raw.compile()
         self.extra_params = [p for _, p in extra]
-        self.optim_view = train_state.ParamView(self.raw, {"embedder": emb}) if extra else None
+        # the embedder when it has trainable parameters of its own (untied): optimised, averaged and saved here
+        self.own_embedder = emb if extra else None
+        self.optim_view = (train_state.ParamView(self.raw, {"embedder": self.own_embedder})
+                           if self.own_embedder is not None else None)
         self.optimizer = build_optimizer(self.raw, self.train, extra=extra)
         self.scheduler = build_scheduler(self.optimizer, self.train)
         self.ema = EMA(self.raw, self.train.ema_decay)
         # Sampling reads EMA weights: an untied trainable embedder gets its own EMA so the
         # condition latents come from the same average as the backbone (saved as "embedder_ema").
-        self.embedder_ema = EMA(emb, self.train.ema_decay) if self.extra_params else None
+        self.embedder_ema = EMA(self.own_embedder, self.train.ema_decay) if self.own_embedder is not None else None
         self.progress = train_state.Progress()
         self.generator = torch.Generator(device=self.device)
 
@@ -177,9 +184,9 @@ class _Trainer:
             batches_in_epoch=self.progress.batches_in_epoch, world_size=self.info.world_size,
             micro_batch=self.micro, loss=self.progress.loss, rng=train_state.rng_state(self.device),
             tokenizer=getattr(getattr(c.embedder, "tokenizer", None), "name", None))
-        if self.embedder_ema is not None:   # untied trainable embedder (a tied table is in model/ema)
-            checkpoint.embedder = c.embedder.state_dict()
-            checkpoint.embedder_ema = self.embedder_ema.state_dict(c.embedder)
+        if self.own_embedder is not None and self.embedder_ema is not None:   # untied trainable embedder
+            checkpoint.embedder = self.own_embedder.state_dict()               # (a tied table is in model/ema)
+            checkpoint.embedder_ema = self.embedder_ema.state_dict(self.own_embedder)
         return checkpoint
 
     def save(self) -> Path:
@@ -199,8 +206,8 @@ class _Trainer:
         train_state.restore_training_state(self.model, self.optimizer, saved, optim_model=self.optim_view)
         self.ema.load_state_dict(saved.ema)
         self.scheduler.load_state_dict(saved.scheduler)
-        if self.embedder_ema is not None and saved.embedder is not None:
-            self.c.embedder.load_state_dict(saved.embedder)
+        if self.own_embedder is not None and self.embedder_ema is not None and saved.embedder is not None:
+            self.own_embedder.load_state_dict(saved.embedder)
             if saved.embedder_ema is not None:
                 self.embedder_ema.load_state_dict(saved.embedder_ema)
         p = train_state.Progress(saved.step, saved.epoch, saved.batches_in_epoch, saved.loss)
@@ -241,8 +248,8 @@ class _Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.raw)
-        if self.embedder_ema is not None:
-            self.embedder_ema.update(self.c.embedder)
+        if self.own_embedder is not None and self.embedder_ema is not None:
+            self.embedder_ema.update(self.own_embedder)
         self.progress.step += 1
         return logs, tokens * info.world_size
 

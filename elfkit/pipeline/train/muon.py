@@ -25,6 +25,9 @@ formula was written for (param groups carry ``in_out=True`` for those).
 docs/optimisation.md for the exact differences.
 """
 
+# torch._foreach_* are documented torch functions (multi-tensor ops) that torch's stubs do not export:
+# pyright: reportPrivateImportUsage=false
+
 from __future__ import annotations
 
 import math
@@ -86,7 +89,7 @@ def _full(t: Tensor) -> Tensor:
 
 def _like(full: Tensor, ref: Tensor) -> Tensor:
     """Re-shard a full tensor like the DTensor ``ref`` (each rank keeps its own slice, no comms)."""
-    if DTensor is not None and isinstance(ref, DTensor):
+    if DTensor is not None and distribute_tensor is not None and isinstance(ref, DTensor):   # imported together
         return distribute_tensor(full, ref.device_mesh, ref.placements, src_data_rank=None)
     return full
 

@@ -80,7 +80,7 @@ def build_optimizer(model: nn.Module, train: TrainSection, *,
     part = partition_parameters(model, extra)
     if train.optimizer == "adamw":
         params = [p for _, p in part.muon + part.muon_in_out + part.adam]
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(train.adam_betas), eps=train.adam_eps,
+        return torch.optim.AdamW(params, lr=lr, betas=train.adam_betas, eps=train.adam_eps,
                                  weight_decay=train.weight_decay)
     groups = []
     if part.muon:
@@ -92,7 +92,7 @@ def build_optimizer(model: nn.Module, train: TrainSection, *,
     if not groups:
         raise RecipeError("the model has no trainable parameters (every parameter has requires_grad=False)")
     return MuonAdam(groups, lr=lr, momentum=train.muon.momentum, ns_steps=train.muon.ns_steps,
-                    betas=tuple(train.adam_betas), eps=train.adam_eps, weight_decay=train.weight_decay,
+                    betas=train.adam_betas, eps=train.adam_eps, weight_decay=train.weight_decay,
                     implementation=train.muon.implementation, ns_dtype=train.muon.ns_dtype)
 
 
@@ -130,5 +130,7 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float | None) -> Tensor:
     norm = torch.nn.utils.get_total_norm(grads, 2.0)   # a replicated DTensor under FSDP2
     if max_norm is not None:
         coef = torch.clamp(max_norm / norm, max=1.0)      # norm 0 → inf → 1
-        torch._foreach_mul_(grads, coef)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        # a documented torch function that torch's stubs do not export
+        torch._foreach_mul_(grads, coef)  # pyright: ignore[reportPrivateImportUsage]
+    full_tensor = getattr(norm, "full_tensor", None)   # DTensor (FSDP2)
+    return full_tensor() if full_tensor is not None else norm

@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.optim import Optimizer
 
+from elfkit.errors import CheckpointError
 from elfkit.pipeline.checkpoint import Checkpoint
 
 
@@ -88,6 +89,9 @@ def gather_training_state(model: nn.Module, optimizer: Optimizer, *,
 def restore_training_state(model: nn.Module, optimizer: Optimizer, checkpoint: Checkpoint, *,
                            optim_model: nn.Module | None = None) -> None:
     """Load model and optimizer from a full-state checkpoint (every rank reads the file)."""
+    if checkpoint.optimizer is None:
+        raise CheckpointError("the checkpoint holds weights but no optimizer state; training cannot resume from it")
     opts = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, checkpoint.model, options=opts)
+    # torch annotates this read-only argument as an invariant dict[str, ValueType], which rejects dict[str, Tensor]
+    set_model_state_dict(model, checkpoint.model, options=opts)  # pyright: ignore[reportArgumentType]
     set_optimizer_state_dict(optim_model or model, optimizer, checkpoint.optimizer, options=opts)

@@ -6,14 +6,19 @@ load runs, and any failure there is a :class:`~elfkit.errors.MissingDependencyEr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from elfkit.hookspecs import hookimpl
 from elfkit_tensorrt._import import require_torch_tensorrt, unavailable_reason
 from elfkit_tensorrt.exporter import TensorRTConfig, TensorRTExporter
+
+if TYPE_CHECKING:
+    from elfkit.registry import ComponentRegistrar
 
 __all__ = ["TensorRTConfig", "TensorRTExporter", "require_torch_tensorrt", "unavailable_reason"]
 __version__ = "0.1.0"
 
 
 @hookimpl
-def elfkit_register_components(registry) -> None:
+def elfkit_register_components(registry: ComponentRegistrar) -> None:
     registry.add("exporter", "tensorrt", TensorRTExporter, TensorRTConfig)

@@ -48,13 +48,13 @@ class TensorRTConfig(ComponentConfig):
     precision_mode: Literal["graph", "autocast"] = "graph"
     """'graph': the traced graph carries fp16/bf16 as explicit casts (norms, embedders, heads stay fp32) and
     TensorRT's strong typing follows it. 'autocast': trace fp32 and let TensorRT choose (enable_autocast)."""
-    min_block_size: int = Field(1, ge=1)
+    min_block_size: int = Field(default=1, ge=1)
     """Smallest subgraph TensorRT takes over (torch-tensorrt default 5)."""
     require_full_compilation: bool = False
     """Fail instead of leaving unsupported ops to PyTorch (use in GPU CI to catch graph breaks)."""
-    optimization_level: int | None = Field(None, ge=0, le=5)
+    optimization_level: int | None = Field(default=None, ge=0, le=5)
     """Builder optimisation level 0–5 (None = TensorRT's default, 3); higher builds slower, may run faster."""
-    workspace_size: int = Field(0, ge=0)
+    workspace_size: int = Field(default=0, ge=0)
     """Builder workspace limit in bytes (0 = TensorRT's default)."""
     use_fp32_acc: bool = False
     """Accumulate fp16 matmuls in fp32 (slower, more accurate)."""
