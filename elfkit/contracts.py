@@ -246,7 +246,8 @@ class Target(Protocol):
     (B, S, D)), through the *same* conversions and clamps. Both accept an explicit ``path``
     that overrides the bound one. ``in_loss_space(pred)`` picks the (B, S, D) field named by
     ``loss_space``; ``loss(pred, target)`` is the squared error there, averaged over D: (B, S).
-    ``bind(path)`` returns a copy bound to another path.
+    ``bind(path)`` returns a copy bound to another path; ``describe()`` is what an export
+    manifest records of it (name, class, config, path).
 
     Usage::
 
@@ -271,6 +272,8 @@ class Target(Protocol):
     def in_loss_space(self, pred: Prediction) -> Tensor: ...
 
     def loss(self, pred: Prediction, target: Tensor) -> Tensor: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 # ----------------------------------------------------------------------------------------

