@@ -205,6 +205,7 @@ def test_wmt_raw_local_pairs_are_tokenised(tmp_path, gpt2):
 # ----------------------------------------------------------------------------------------
 # bible, bible-pairs, SWORD
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bible_chunks_and_held_out_chapters():
     pytest.importorskip("pythonbible")
     tok = minilm_tokenizer()
@@ -222,6 +223,7 @@ def test_bible_chunks_and_held_out_chapters():
     assert tok.decode(tok.encode(text))[:80] not in train_text          # held-out chapters are not trained on
 
 
+@pytest.mark.slow
 def test_bible_pairs_kjv_web_offline(tmp_path):
     pytest.importorskip("pythonbible")
     tok = minilm_tokenizer()
