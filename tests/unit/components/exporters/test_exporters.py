@@ -36,6 +36,9 @@ from elfkit.recipe.load import load_recipe
 from elfkit.registry import build_registry
 from tests.fixtures import REPO
 from tests.fixtures.exporting import MAX_LEN, SPEC, D, V, inputs, tiny_backbone
+from tests.fixtures.optional import requires_wheel
+
+ONNX = requires_wheel("onnx", "onnxscript", "onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +119,7 @@ def test_compare_metrics():
 # Round trips
 # ----------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt_dir, tol", [("torch_export_dir", 1e-6), ("onnx_dir", 1e-4)])
+@pytest.mark.parametrize("fmt_dir, tol", [("torch_export_dir", 1e-6), pytest.param("onnx_dir", 1e-4, marks=ONNX)])
 @pytest.mark.parametrize("shape", [(2, 5), (6, 16)])
 def test_artifact_matches_eager_inside_dynamic_range(request, backbone, registry, fmt_dir, tol, shape):
     runner = load_runner(request.getfixturevalue(fmt_dir), registry=registry)
@@ -128,6 +131,7 @@ def test_artifact_matches_eager_inside_dynamic_range(request, backbone, registry
         torch.testing.assert_close(runner.decode(z, g), eager.decode(z, g), atol=10 * tol, rtol=tol)
 
 
+@requires_wheel("onnx")
 @pytest.mark.slow
 def test_manifest_records_what_is_needed_to_run_and_rebuild(torch_export_dir, backbone):
     m = read_manifest(torch_export_dir)
@@ -145,6 +149,7 @@ def test_manifest_records_what_is_needed_to_run_and_rebuild(torch_export_dir, ba
     assert parity["worst"]["denoise"]["max_abs"] == 0.0   # the saved program replays eager exactly
 
 
+@ONNX
 @pytest.mark.slow
 def test_onnx_manifest_has_dynamic_axes_and_small_parity_error(onnx_dir):
     onnx = pytest.importorskip("onnx")
@@ -168,7 +173,7 @@ def test_runner_splits_batches_beyond_the_range_and_rejects_long_sequences(torch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt_dir", ["torch_export_dir", "onnx_dir"])
+@pytest.mark.parametrize("fmt_dir", ["torch_export_dir", pytest.param("onnx_dir", marks=ONNX)])
 def test_sampling_with_artifact_gives_eager_tokens(request, backbone, registry, fmt_dir):
     runner = load_runner(request.getfixturevalue(fmt_dir), registry=registry)
     parts = dict(target=registry.build("target", "x"), path=FlowPath(noise_scale=2.0),
