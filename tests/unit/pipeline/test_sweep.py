@@ -104,6 +104,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @requires_wheel("matplotlib")
 def test_two_by_two_sweep(tmp_path, monkeypatch, registry):
     stages = FakeStages()
@@ -141,6 +142,7 @@ def test_two_by_two_sweep(tmp_path, monkeypatch, registry):
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @requires_wheel("matplotlib")
 def test_resume_does_not_retrain_finished_settings(tmp_path, monkeypatch, registry):
     recipe, out = write_recipe(tmp_path), tmp_path / "out"

@@ -189,7 +189,6 @@ def test_official_names_write_the_table_as_an_unembedding_kernel():
 # ----------------------------------------------------------------------------------------
 # Training: the trainer with toy data, then the real pipeline end to end
 # ----------------------------------------------------------------------------------------
-@pytest.mark.slow
 @pytest.mark.parametrize("tie", [True, False])
 def test_training_steps_the_table_and_resumes_exactly(tmp_path, tie):
     kw = dict(table="tied" if tie else "untied", checkpoint_every=100, lr=1e-2, ema_decay=0.5)

@@ -19,7 +19,6 @@ def _steps_logged(run_dir) -> list[int]:
     return [r["step"] for r in read_log(run_dir) if "loss" in r]
 
 
-@pytest.mark.slow
 def test_fit_writes_checkpoints_log_and_payload(tmp_path) -> None:
     comps, data = make_components(steps=10, checkpoint_every=4, keep_checkpoints=2, warmup_steps=4, lr=1e-3)
     result = fit(comps, data, tmp_path)
@@ -52,7 +51,6 @@ class _SigtermData(MemoryData):
             yield b
 
 
-@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path) -> None:
     kw = dict(steps=12, checkpoint_every=100, lr=2e-3, cond_len=2, label_drop_every=3)
     comps, data = make_components(**kw)
