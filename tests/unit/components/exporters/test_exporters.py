@@ -131,7 +131,7 @@ def test_artifact_matches_eager_inside_dynamic_range(request, backbone, registry
         torch.testing.assert_close(runner.decode(z, g), eager.decode(z, g), atol=10 * tol, rtol=tol)
 
 
-@requires_wheel("onnx")
+@requires_wheel("onnx")                  # asserts the manifest records onnx's version
 @pytest.mark.slow
 def test_manifest_records_what_is_needed_to_run_and_rebuild(torch_export_dir, backbone):
     m = read_manifest(torch_export_dir)
