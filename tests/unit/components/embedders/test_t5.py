@@ -18,8 +18,9 @@ from elfkit.components.embedders.tokenizers import train_bpe
 from elfkit.errors import HubUnreachableError
 from elfkit.pipeline.train.latents import embed_batch
 from elfkit.testing import check_embedder
+from tests.fixtures.optional import import_wheel
 
-transformers = pytest.importorskip("transformers")
+transformers = import_wheel("transformers")
 
 CORPUS = ["hello world", "the cat sat on the mat.", "a b c", "condition and target text"] * 30
 

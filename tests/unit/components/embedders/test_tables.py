@@ -246,6 +246,7 @@ def _recipe(tmp_path: Path, *, dim: int = 16, decoder_hidden: int = 16, tie: boo
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [True, False])
 def test_pipeline_checkpoint_samples_with_the_ema_table(tmp_path, tie):
     from elfkit.pipeline.sample import generate_records

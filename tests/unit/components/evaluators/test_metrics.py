@@ -24,6 +24,7 @@ from elfkit.components.evaluators.rouge import ROUGEConfig
 from elfkit.errors import DataError
 from elfkit.pipeline.report.aggregate import aggregate_records, mean_stderr
 from elfkit.records import MetricRecord, SampleRecord
+from tests.fixtures.optional import requires_wheel
 
 
 def samples(texts, seed=0, refs=None):
@@ -93,6 +94,7 @@ def test_entropy_truncates_to_max_length():
 # ----------------------------------------------------------------------------------------
 # BLEU / ROUGE (expected values computed by hand, see comments)
 # ----------------------------------------------------------------------------------------
+@requires_wheel("sacrebleu")
 def test_bleu_known_values():
     # identical → 100
     assert corpus_bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
@@ -104,6 +106,7 @@ def test_bleu_known_values():
     assert corpus_bleu(["a b c"], ["a b c"]) == pytest.approx(100.0)
 
 
+@requires_wheel("rouge-score")
 def test_rouge_known_values():
     # hyp "the cat sat" vs ref "the cat sat on the mat":
     # rouge1 P=3/3 R=3/6 → F=2/3; rouge2 P=2/2 R=2/5 → F=4/7; rougeL LCS=3 → F=2/3
@@ -116,6 +119,7 @@ def test_rouge_known_values():
     assert s["rouge1"] == pytest.approx((100 + 200 / 3) / 2)
 
 
+@requires_wheel("sacrebleu", "rouge-score")
 def test_bleu_rouge_evaluators_use_sample_references():
     recs = BLEUEvaluator(BLEUConfig())(samples(["A B C D"], seed=1, refs=["a b c e"]))
     assert [(r.name, r.n, r.seed) for r in recs] == [("bleu", 1, 1)]
@@ -171,6 +175,7 @@ def test_every_builtin_evaluator_matches_the_contract():
         assert isinstance(ev, Evaluator) and isinstance(ev.needs_references, bool)
 
 
+@requires_wheel("sacrebleu")
 def test_copy_source_row_scores_sources_against_references():
     from elfkit.pipeline.evaluate import evaluate_samples
     from elfkit.records import SampleRecord
@@ -186,6 +191,7 @@ def test_copy_source_row_scores_sources_against_references():
     assert by_row["copy source"].mean == pytest.approx(expected)
 
 
+@requires_wheel("sacrebleu")
 def test_other_reference_row_scores_the_next_pairs_reference():
     from elfkit.pipeline.evaluate import evaluate_samples
     from elfkit.records import SampleRecord

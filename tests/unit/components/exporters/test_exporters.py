@@ -1,7 +1,8 @@
 """torch-export and ONNX exports of a tiny ELF backbone: round trips, parity refusal, sampling.
 
-Artifacts are exported once per module (a few seconds each on 2 cores); the AOTInductor
-test compiles C++ and is marked slow.
+Artifacts are exported once per module (a few seconds each on 2 cores); every test that exports
+or loads an artifact is marked slow (the AOTInductor one compiles C++), so ``-m "not slow"`` keeps
+the spec, parity-metric and error-message tests only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from elfkit.generation import generate
 from elfkit.hookspecs import hookimpl
 from elfkit.registry import build_registry
 from tests.fixtures.exporting import MAX_LEN, SPEC, TARGET, D, V, inputs, tiny_backbone
+from tests.fixtures.optional import requires_wheel
+
+ONNX = requires_wheel("onnx", "onnxscript", "onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,8 @@ def test_compare_metrics():
 # ----------------------------------------------------------------------------------------
 # Round trips
 # ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt_dir, tol", [("torch_export_dir", 1e-6), ("onnx_dir", 1e-4)])
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt_dir, tol", [("torch_export_dir", 1e-6), pytest.param("onnx_dir", 1e-4, marks=ONNX)])
 @pytest.mark.parametrize("shape", [(2, 5), (6, 16)])
 def test_artifact_matches_eager_inside_dynamic_range(request, backbone, registry, fmt_dir, tol, shape):
     runner = load_runner(request.getfixturevalue(fmt_dir), registry=registry)
@@ -123,6 +128,8 @@ def test_artifact_matches_eager_inside_dynamic_range(request, backbone, registry
         torch.testing.assert_close(runner.decode(z, g), eager.decode(z, g), atol=10 * tol, rtol=tol)
 
 
+@requires_wheel("onnx")                  # asserts the manifest records onnx's version
+@pytest.mark.slow
 def test_manifest_records_what_is_needed_to_run_and_rebuild(torch_export_dir, backbone):
     m = read_manifest(torch_export_dir)
     assert m["format"] == "torch-export" and m["precision"] == "fp32"
@@ -142,6 +149,8 @@ def test_manifest_records_what_is_needed_to_run_and_rebuild(torch_export_dir, ba
     assert parity["worst"]["denoise"]["max_abs"] == 0.0   # the saved program replays eager exactly
 
 
+@ONNX
+@pytest.mark.slow
 def test_onnx_manifest_has_dynamic_axes_and_small_parity_error(onnx_dir):
     onnx = pytest.importorskip("onnx")
     m = read_manifest(onnx_dir)
@@ -153,6 +162,7 @@ def test_onnx_manifest_has_dynamic_axes_and_small_parity_error(onnx_dir):
     assert z_dims[0].dim_param and z_dims[1].dim_param and z_dims[2].dim_value == D
 
 
+@pytest.mark.slow
 def test_runner_splits_batches_beyond_the_range_and_rejects_long_sequences(torch_export_dir, backbone, registry):
     runner, eager = load_runner(torch_export_dir, registry=registry), EagerRunner(backbone)
     z, t, sc, g = inputs(13, 7)                      # 13 > max batch 6: run as 6 + 6 + 1
@@ -162,7 +172,8 @@ def test_runner_splits_batches_beyond_the_range_and_rejects_long_sequences(torch
         runner.denoise(*inputs(2, 17))
 
 
-@pytest.mark.parametrize("fmt_dir", ["torch_export_dir", "onnx_dir"])
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt_dir", ["torch_export_dir", pytest.param("onnx_dir", marks=ONNX)])
 def test_sampling_with_artifact_gives_eager_tokens(request, backbone, registry, fmt_dir):
     runner = load_runner(request.getfixturevalue(fmt_dir), registry=registry)
     parts = dict(target=registry.build("target", "x").bind(FlowPath(noise_scale=2.0)),
@@ -188,6 +199,7 @@ class _SwappedWeightsExporter(TorchExportExporter):
         return built
 
 
+@pytest.mark.slow
 def test_parity_refuses_a_broken_artifact(tmp_path, backbone, registry):
     exporter = _SwappedWeightsExporter(TorchExportConfig())
     with pytest.raises(ExportError, match="parity check against eager fp32 failed"):
@@ -199,6 +211,7 @@ def test_parity_refuses_a_broken_artifact(tmp_path, backbone, registry):
         load_runner(tmp_path, registry=registry)
 
 
+@pytest.mark.slow
 def test_reduced_precision_passes_its_thresholds_but_not_fp32_ones(tmp_path, backbone, registry):
     manifest = export_backbone(backbone, "torch-export", tmp_path, SPEC.model_copy(update={"precision": "bf16"}),
                                registry, target=TARGET)
@@ -247,6 +260,7 @@ def test_parity_uses_the_callers_target_from_a_plugin(tmp_path, backbone):
 # ----------------------------------------------------------------------------------------
 # Capabilities, formats, errors
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_backbone_without_optional_inputs_or_decoder(tmp_path, registry):
     bb = tiny_backbone(self_conditioning=False, guidance_tokens=False, decoder_head=False)
     export_backbone(bb, "torch-export", tmp_path, SPEC, registry, target=TARGET)
@@ -259,6 +273,7 @@ def test_backbone_without_optional_inputs_or_decoder(tmp_path, registry):
         runner.decode(z, None)
 
 
+@pytest.mark.slow
 def test_tied_unembedding_table_is_exported(tmp_path, registry):
     bb = tiny_backbone()
     table = torch.nn.Parameter(torch.randn(V, 16, generator=torch.Generator().manual_seed(3)))   # decoder_hidden 16

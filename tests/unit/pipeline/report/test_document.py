@@ -23,6 +23,7 @@ from elfkit.recipe.load import dump_yaml, load_recipe, resolved_dict
 from elfkit.records import MetricRecord, SampleRecord
 from elfkit.registry import build_registry
 from tests.fixtures import fake_components
+from tests.fixtures.optional import requires_wheel
 
 
 # ----------------------------------------------------------------------------------------
@@ -207,6 +208,7 @@ def test_evaluate_texts(registry):
 # ----------------------------------------------------------------------------------------
 # Reports
 # ----------------------------------------------------------------------------------------
+@requires_wheel("matplotlib")
 def test_write_report(tmp_path, registry):
     run, recipe = make_run(tmp_path, registry)
     evaluate_stage(run / "samples.jsonl", run, recipe, registry)
@@ -221,6 +223,7 @@ def test_write_report(tmp_path, registry):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@requires_wheel("matplotlib")
 def test_partial_runs_get_partial_reports(tmp_path):
     run = tmp_path / "partial"
     run.mkdir()
@@ -239,6 +242,7 @@ def test_partial_runs_get_partial_reports(tmp_path):
     assert (run / "loss.png").is_file()
 
 
+@requires_wheel("matplotlib")
 def test_compare_runs(tmp_path, registry):
     a, ra = make_run(tmp_path, registry, "a")
     b, rb = make_run(tmp_path, registry, "b", overrides=["train.steps=7"],
