@@ -244,6 +244,7 @@ def _plugin_registry():
     return build_registry(entry_points=False, extra_plugins=[plugin])
 
 
+@pytest.mark.slow
 def test_parity_uses_the_callers_target_from_a_plugin(tmp_path, backbone):
     """The bound target is used as given: a plugin-only target on a non-default path works."""
     registry = _plugin_registry()
