@@ -1,6 +1,6 @@
-"""Training: ``fit`` (single process or torchrun DDP/FSDP2), checkpoints and resume."""
+"""Training: the train stage (``stage``), ``fit`` (``loop``; single process or torchrun DDP/FSDP2),
+optimisers, EMA, the embedding step and training data.
 
-from elfkit.pipeline.train.loop import TrainResult, fit, micro_seed
-from elfkit.pipeline.train.monitor import read_log
-
-__all__ = ["TrainResult", "fit", "micro_seed", "read_log"]
+Nothing is imported here: sampling uses ``latents`` alone and should not pay for the training
+loop's imports (``torch.distributed.checkpoint`` costs ~0.6 s).
+"""
