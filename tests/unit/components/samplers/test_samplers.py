@@ -100,7 +100,7 @@ def test_sde_with_gamma_zero_is_euler_and_one_step_is_a_single_x_hat():
     one = SdeSampler(SdeConfig(steps=1))(_known_denoiser(log), z0, torch.tensor([0.0, 1.0]), noise_scale=2.0,
                                          generator=_gen(0))
     assert len(log) == 1 and log[0][1].eq(0).all() and one.nfe == 1
-    assert torch.allclose(one.z, z0 + (-z0))  # z + (1 − 0)·v with v = −z at t = 0
+    assert torch.equal(one.z, 0.5 * z0)           # the step into t = 1 returns that call's x̂
 
 
 def test_euler_last_step_lands_on_x_hat():
