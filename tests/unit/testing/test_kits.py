@@ -75,10 +75,10 @@ def test_sampler_kit_catches(broken, check):
 
 
 def test_sampler_kit_accepts_class_factory_instance_name_and_dict():
-    check_sampler(EulerSampler, {"steps": 4}, transport=False)
-    check_sampler(lambda cfg=EulerConfig(steps=3): EulerSampler(cfg), transport=False)
-    check_sampler(EulerSampler(EulerConfig(steps=2)), transport=False)
-    check_sampler("euler", {"steps": 5}, transport=False)
+    check_sampler(EulerSampler, {"steps": 4}, transport=False, order=False)
+    check_sampler(lambda cfg=EulerConfig(steps=3): EulerSampler(cfg), transport=False, order=False)
+    check_sampler(EulerSampler(EulerConfig(steps=2)), transport=False, order=False)
+    check_sampler("euler", {"steps": 5}, transport=False, order=False)
 
 
 def test_every_registered_sampler_and_guidance_conforms():
