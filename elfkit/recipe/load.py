@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from elfkit.errors import RecipeError, RegistryError
 from elfkit.recipe.schema import COMPONENT_SLOTS, ComponentRef, Recipe
-from elfkit.registry import Registry, default_registry
+from elfkit.registry import Registry, default_registry, missing_sources
 
 Loc = tuple[str | int, ...]
 
@@ -80,6 +80,20 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
 # ----------------------------------------------------------------------------------------
 # --set overrides
 # ----------------------------------------------------------------------------------------
+def override_origins(overrides: Sequence[str]) -> dict[str, str]:
+    """Canonical dotted key → the ``--set`` item that set it, to blame the right place in errors."""
+    return {canonical_key(item.split("=", 1)[0].strip()): item for item in overrides if "=" in item}
+
+
+def _origin(origins: dict[str, str], loc: Loc) -> str | None:
+    """The --set item that set ``loc`` (or its ``name``, or a section above it), if any."""
+    dotted = ".".join(map(str, loc))
+    for key in (f"{dotted}.name", dotted):
+        if key in origins:
+            return origins[key]
+    return next((item for key, item in origins.items() if dotted.startswith(key + ".")), None)
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides in order (value parsed as YAML, so ``16`` is an int).
 
@@ -190,9 +204,10 @@ def _get(obj: Any, path: tuple[str, ...]) -> Any:
 
 
 def resolve(recipe: Recipe, registry: Registry, source: str = "<recipe>",
-            lines: dict[Loc, int] | None = None) -> Recipe:
+            lines: dict[Loc, int] | None = None, origins: dict[str, str] | None = None) -> Recipe:
     """Validate every component reference against its registered config model."""
     lines = lines or {}
+    origins = origins or {}
     refs: list[tuple[Loc, str, ComponentRef]] = []
     for path, kind in COMPONENT_SLOTS:
         ref = _get(recipe, path)
@@ -203,11 +218,14 @@ def resolve(recipe: Recipe, registry: Registry, source: str = "<recipe>",
     errors = []
     for loc, kind, ref in refs:
         where = f"{source}:{_nearest_line(lines, loc) or '?'}"
+        if (item := _origin(origins, loc)) is not None:
+            where = f"--set {item} (applied to {source})"
         try:
             spec = registry.get(kind, ref.name)
         except RegistryError as exc:
             errors.append(f"{where}: {'.'.join(map(str, loc))}.name: {exc}")
             continue
+        ref._source = spec.source
         try:
             ref._config = spec.config(**ref.params)
         except ValidationError as exc:
@@ -237,13 +255,16 @@ def _format_component_errors(exc: ValidationError, source: str, lines: dict[Loc,
 
 
 def validate_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dict[Loc, int] | None = None,
-                    registry: Registry | None = None) -> Recipe:
-    """Schema → registry → component configs. Raises RecipeError with every problem found."""
+                    registry: Registry | None = None, origins: dict[str, str] | None = None) -> Recipe:
+    """Schema → registry → component configs. Raises RecipeError with every problem found.
+
+    ``origins`` (from :func:`override_origins`) lets an error blame the ``--set`` item that
+    set a value instead of the YAML line it replaced."""
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_format_errors(exc, source, lines or {}, (), Recipe)) from None
-    return resolve(recipe, registry or default_registry(), source, lines)
+    return resolve(recipe, registry or default_registry(), source, lines, origins)
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, registry: Registry | None = None,
@@ -252,6 +273,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, registry: Re
     path = Path(path)
     data, lines = read_yaml(path)
     data = apply_overrides(data, overrides)
+    gone = missing_sources(data.get("provenance") or [])
+    if gone:
+        raise RecipeError("\n".join(f"{path}: provenance: {g}" for g in gone))
     plugin_files = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
                     for p in data.get("plugins", []) or []]
     missing = [p for p in plugin_files if not Path(p).is_file()]
@@ -262,7 +286,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, registry: Re
         registry = default_registry(files)
     recipe_data = dict(data)
     recipe_data["plugins"] = plugin_files
-    return validate_recipe(recipe_data, source=str(path), lines=lines, registry=registry)
+    return validate_recipe(recipe_data, source=str(path), lines=lines, registry=registry,
+                           origins=override_origins(overrides))
 
 
 # ----------------------------------------------------------------------------------------
@@ -287,6 +312,21 @@ def resolved_dict(recipe: Recipe) -> dict[str, Any]:
     for i, ref in enumerate(recipe.eval.evaluators):
         if (slot := filled(ref)) is not None:
             evaluators[i] = slot
+    # provenance: the plugin behind every non-built-in component, fresh from this resolution;
+    # --plugin files join `plugins` so validating the run's recipe loads them again
+    out.pop("provenance", None)
+    refs = [(kind, _get(recipe, path)) for path, kind in COMPONENT_SLOTS]
+    refs += [("evaluator", ref) for ref in recipe.eval.evaluators]
+    provenance: list[dict[str, Any]] = []
+    for kind, ref in refs:
+        if ref is not None and ref._source is not None:
+            entry = {"component": f"{kind}/{ref.name}", **ref._source.as_dict()}
+            if entry not in provenance:
+                provenance.append(entry)
+    if provenance:
+        files = [e["file"] for e in provenance if "file" in e]
+        out["plugins"] = list(dict.fromkeys([*out.get("plugins", []), *files]))
+        out["provenance"] = provenance
     return out
 
 

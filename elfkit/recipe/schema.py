@@ -31,6 +31,7 @@ class ComponentRef(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     _config: Any = PrivateAttr(default=None)
+    _source: Any = PrivateAttr(default=None)     # the registry's PluginSource; None for built-ins
 
     @model_validator(mode="before")
     @classmethod
@@ -153,6 +154,18 @@ class SweepSection(BaseModel):
     """Dotted recipe key → values; the sweep is the cartesian product."""
 
 
+class PluginProvenance(BaseModel):
+    """Which plugin provided a component of a run (written by elfkit into the resolved recipe)."""
+
+    model_config = STRICT
+    component: str
+    """``kind/name``, e.g. ``sampler/my-sampler``."""
+    file: str | None = None
+    sha256: str | None = None
+    distribution: str | None = None
+    version: str | None = None
+
+
 class Recipe(BaseModel):
     """A whole run: data → embedder → backbone/target/objective → train → sample → eval."""
 
@@ -162,6 +175,9 @@ class Recipe(BaseModel):
     seed: int = 0
     plugins: list[str] = Field(default_factory=list)
     """One-file plugins (paths relative to the recipe file) loaded before validation."""
+    provenance: list[PluginProvenance] = Field(default_factory=list)
+    """Written, not typed: the plugin (file + sha256, or distribution + version) behind each
+    non-built-in component of a run's resolved recipe; validation says which one is missing."""
     data: ComponentRef
     embedder: ComponentRef
     backbone: ComponentRef
