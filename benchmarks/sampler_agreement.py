@@ -19,6 +19,7 @@ import argparse
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -92,8 +93,9 @@ def main() -> None:
     text = ref != pad
     print(f"reference: euler, {a.ref_steps} steps ({time.perf_counter() - t0:.0f} s); "
           f"{text.float().mean().item():.1%} of reference positions are not padding")
-    rows = [(label, lambda k, n=name, kw=kw: registry.build("sampler", n, {"steps": k, **kw}))
-            for label, (name, kw) in SAMPLERS.items()]
+    def builder(name: str, kw: dict[str, float]) -> Callable[[int], Sampler]:
+        return lambda k: registry.build("sampler", name, {"steps": k, **kw})
+    rows = [(label, builder(name, kw)) for label, (name, kw) in SAMPLERS.items()]
     if not a.no_old:
         rows.append(("old euler (clamped into t=1)", lambda k: OldEuler(SamplerConfig(steps=k))))
     print(f"{'sampler':30s}" + "".join(f"{f'{k} steps':>22s}" for k in a.steps))

@@ -33,7 +33,6 @@ from elfkit.recipe.load import resolved_dict
 from elfkit.recipe.schema import Recipe
 from elfkit.records import SampleRecord
 
-
 DENOISING_FILE = "denoising.json"
 """One sample's decoded x̂ along the sampling path, beside samples.jsonl (the report shows it)."""
 DENOISING_FRAMES = 6

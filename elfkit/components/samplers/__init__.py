@@ -14,8 +14,8 @@ from elfkit.hookspecs import hookimpl
 if TYPE_CHECKING:
     from elfkit.registry import ComponentRegistrar
 
-__all__ = ["ConfigSteps", "DpmppConfig", "DpmppSampler", "EulerConfig", "EulerSampler", "SamplerConfig", "SdeConfig", "SdeSampler",
-           "sampling_grid"]
+__all__ = ["ConfigSteps", "DpmppConfig", "DpmppSampler", "EulerConfig", "EulerSampler", "SamplerConfig",
+           "SdeConfig", "SdeSampler", "sampling_grid"]
 
 
 @hookimpl

@@ -13,8 +13,8 @@ from tests.fixtures.broken_samplers import (
     ClampedLastStep,
     ExtrapolatedSelfCond,
     ExtrapolatedXHat,
-    NanOnTies,
     Naive2M,
+    NanOnTies,
     ResetsStatePerCall,
     WrongSignSecondOrder,
 )

@@ -210,7 +210,7 @@ def test_on_elfs_grid_the_step_into_1_is_the_old_integrated_step():
     grid = LogitNormalTime(LogitNormalConfig()).grid(32, _gen(4)).double()
     z0 = ELF_TOY.prior((4, 3), _gen(5))
     out = EulerSampler(EulerConfig(steps=32))(ELF_TOY.denoiser(), z0, grid, noise_scale=2.0)
-    z, x_hat = z0, None
+    z = z0
     for i in range(32):
         pred = ELF_TOY.predict(z, grid[i].expand(4))
         z = z + (grid[i + 1] - grid[i]) * pred.v
