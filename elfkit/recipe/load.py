@@ -229,19 +229,22 @@ def resolve(recipe: Recipe, registry: Registry, source: str = "<recipe>",
         try:
             ref._config = spec.config(**ref.params)
         except ValidationError as exc:
-            errors.append(_format_component_errors(exc, source, lines, loc, spec.config, kind, ref.name))
+            errors.append(_format_component_errors(exc, source, lines, loc, spec.config, kind, ref.name, origins))
     if errors:
         raise RecipeError("\n".join(errors))
     return recipe
 
 
 def _format_component_errors(exc: ValidationError, source: str, lines: dict[Loc, int], loc: Loc,
-                             config: type[BaseModel], kind: str, name: str) -> str:
+                             config: type[BaseModel], kind: str, name: str,
+                             origins: dict[str, str] | None = None) -> str:
     msgs = []
     for err in exc.errors(include_url=False):
         full = loc + tuple(err["loc"])
         line = _nearest_line(lines, full)
         where = f"{source}:{line}" if line else source
+        if (item := (origins or {}).get(".".join(map(str, full)))) is not None:
+            where = f"--set {item} (applied to {source})"
         dotted = ".".join(str(p) for p in full)
         if err["type"] == "extra_forbidden":
             valid = list(config.model_fields)

@@ -105,3 +105,10 @@ def test_unknown_sampler_in_yaml_blames_its_line(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(path, registry=build_registry(entry_points=False))
     assert str(err.value).startswith(f"{path}:") and "--set" not in str(err.value)
+
+
+def test_unknown_key_from_set_blames_the_set_item():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(TINY, ["sample.sampler.gama=0.5"], registry=build_registry(entry_points=False))
+    assert str(err.value).startswith("--set sample.sampler.gama=0.5 (applied to ") and "Did you mean 'gamma'" in str(
+        err.value)
