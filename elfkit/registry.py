@@ -80,7 +80,7 @@ def missing_sources(entries: Iterable[dict[str, Any]]) -> list[str]:
         if e.get("file"):
             if not Path(e["file"]).is_file():
                 problems.append(f"{what} the plugin file {e['file']} (sha256 {str(e.get('sha256', '?'))[:12]}…), "
-                                "which is missing: restore it, or pass the plugin with --plugin")
+                                "which is missing: restore it, or point `plugins:` and `provenance:` at its new place")
         elif e.get("distribution"):
             try:
                 version(e["distribution"])
