@@ -197,12 +197,13 @@ class DistillSection(BaseModel):
                 raise ValueError(f"rounds[{i}].student_steps={r.student_steps} does not divide the previous round's "
                                  f"{prev.student_steps}: each round halves (or divides) the student's steps")
             product = r.student_steps * r.teacher_substeps
+            fit = self.teacher_steps // r.student_steps if self.teacher_steps and not \
+                self.teacher_steps % r.student_steps else "?"
             if self.strict and self.teacher_steps is not None and product != self.teacher_steps:
                 raise ValueError(f"rounds[{i}]: student_steps × teacher_substeps = {r.student_steps} × "
                                  f"{r.teacher_substeps} = {product}, but distill.teacher_steps = {self.teacher_steps} "
                                  f"(Δ/K must be 1/{self.teacher_steps} in every round); set teacher_substeps to "
-                                 f"{self.teacher_steps // r.student_steps if self.teacher_steps % r.student_steps == 0 else '?'}"
-                                 ", or strict: false")
+                                 f"{fit}, or strict: false")
             prev = r
         if any(n < 1 for n in self.compare_steps):
             raise ValueError(f"compare_steps must be positive, got {self.compare_steps}")

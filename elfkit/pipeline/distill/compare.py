@@ -36,7 +36,8 @@ def _at_steps(recipe: Recipe, steps: int, references: bool, registry: Registry) 
     return validate_recipe(data, source=f"{recipe.name} ({steps} sampling steps)", registry=registry)
 
 
-def compare(recipe: Recipe, run_dir: Path, teacher_ckpt: Path, student_ckpt: Path) -> dict[str, dict[int, list[MetricRow]]]:
+def compare(recipe: Recipe, run_dir: Path, teacher_ckpt: Path,
+            student_ckpt: Path) -> dict[str, dict[int, list[MetricRow]]]:
     """Sample and evaluate both models at every ``distill.compare_steps``; {model: {steps: rows}}."""
     assert recipe.distill is not None
     run = RunDir(Path(run_dir))
@@ -78,7 +79,8 @@ def write_distill_report(recipe: Recipe, run_dir: Path, results: dict[str, dict[
     sample = recipe.sample
     lines += ["## Teacher vs student", "",
               f"Same sampler (`{sample.sampler.name}`, {json.dumps(sample.sampler.params)}), guidance "
-              f"(`{sample.guidance.name}`, {json.dumps(sample.guidance.params)}), {sample.num_samples} samples per seed, "
+              f"(`{sample.guidance.name}`, {json.dumps(sample.guidance.params)}), "
+              f"{sample.num_samples} samples per seed, "
               f"seeds {sample.seeds}; only the number of steps changes. Mean ± standard error over seeds.", ""]
     judge = next((m.judge for rows in results["teacher"].values() if (m := pick(rows, "gen_ppl"))), None)
     body, curves = [], {"teacher": [], "student": []}

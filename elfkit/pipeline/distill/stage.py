@@ -18,6 +18,7 @@ interrupted one resumes from its own last checkpoint, and every round's checkpoi
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,18 @@ def _section(recipe: Recipe) -> DistillSection:
 
 
 def teacher_checkpoint(run: RunDir, recipe: Recipe, teacher: Teacher) -> Path:
-    """The teacher's weights as an elfkit checkpoint of this recipe, so it samples like a student."""
+    """The teacher's weights as an elfkit checkpoint of this recipe, so it samples like a student
+    (written once per teacher; rank 0 writes it under torchrun)."""
+    d = _section(recipe)
     ckpts = CheckpointDir(run.root / TEACHER_DIR / "checkpoints")
+    fp = fingerprint({"teacher": d.teacher, "use_ema": d.teacher_use_ema, "step": teacher.step,
+                      "training": round_fingerprint(resolved_dict(recipe))})
+    if (run.is_done("teacher", fp) and ckpts.last.exists()) or int(os.environ.get("RANK", "0")) != 0:
+        return ckpts.last
     ckpts.path.mkdir(parents=True, exist_ok=True)
-    return ckpts.write(Checkpoint(recipe=resolved_dict(recipe), model=teacher.state, step=teacher.step or 0), keep=1)
+    last = ckpts.write(Checkpoint(recipe=resolved_dict(recipe), model=teacher.state, step=teacher.step or 0), keep=1)
+    run.mark_done("teacher", fp, source=teacher.source, kind=teacher.kind, step=teacher.step)
+    return last
 
 
 def _initial_weights(index: int, d: DistillSection, teacher: Teacher, previous: Path | None) -> dict[str, Any] | None:
@@ -106,7 +115,8 @@ def distill_stage(recipe: Recipe, run_dir: Path, console: Console | None = None)
     for i, (rnd, r_recipe) in enumerate(zip(d.rounds, rounds, strict=True), 1):
         r_run = round_dir(run, i, rnd)
         resolved = r_run.write_recipe(r_recipe)
-        fp = round_fingerprint(resolved)
+        # a retrained teacher (same path, new step) retrains the rounds
+        fp = fingerprint({"round": round_fingerprint(resolved), "teacher_step": teacher.step})
         last = r_run.checkpoints.last
         title = f"round {i}/{len(rounds)}: {rnd.student_steps} student step(s), K={rnd.teacher_substeps}"
         if r_run.is_done("train", fp) and last.exists():
@@ -146,4 +156,4 @@ def _round_components(base: Components, recipe: Recipe, registry: Registry, teac
         raise ElfkitError(f"objective '{recipe.objective.name}' cannot take a teacher (no attach_teacher)")
     attach(teacher.module)
     backbone: nn.Module = copy.deepcopy(base.backbone)
-    return replace(base, recipe=recipe, backbone=backbone, objective=objective)  # type: ignore[arg-type]
+    return replace(base, recipe=recipe, backbone=backbone, objective=objective)
