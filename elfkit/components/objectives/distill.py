@@ -127,6 +127,7 @@ class ProgressiveDistillation:
     def __init__(self, cfg: ProgressiveDistillationConfig) -> None:
         self.cfg = cfg
         self.teacher: BackboneModule | None = None
+        self._elf = ElfObjective(cfg.elf())     # ELF's draws, with this objective's ELF settings
 
     def attach_teacher(self, teacher: nn.Module) -> None:
         """Freeze ``teacher`` (eval mode, no gradients) and use it for every target."""
@@ -145,7 +146,7 @@ class ProgressiveDistillation:
     def draw(self, x0: Tensor, capabilities: ModelCapabilities, *, time: TimeDistribution,
              generator: torch.Generator | None) -> PDDraws:
         """ELF's draws (routing, u, noises, self-cond coin, w), then the K−1 teacher sub-grid draws."""
-        elf = ElfObjective(self.cfg.elf()).draw(x0, capabilities, time=time, generator=generator)
+        elf = self._elf.draw(x0, capabilities, time=time, generator=generator)
         k = self.cfg.teacher_substeps
         b = x0.shape[0]
         sub = time.sample(b * (k - 1), generator, x0.device).to(x0.dtype).view(b, k - 1)
