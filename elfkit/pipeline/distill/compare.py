@@ -77,8 +77,9 @@ def write_distill_report(recipe: Recipe, run_dir: Path, results: dict[str, dict[
     lines += [md_table(["round", "student steps", "Δ", "K", "Δ/K", "optimiser steps", "final loss", "ended",
                         "run"], body), ""]
     sample = recipe.sample
+    sampler = {k: v for k, v in sample.sampler.params.items() if k != "steps"}
     lines += ["## Teacher vs student", "",
-              f"Same sampler (`{sample.sampler.name}`, {json.dumps(sample.sampler.params)}), guidance "
+              f"Same sampler (`{sample.sampler.name}`, {json.dumps(sampler)}), guidance "
               f"(`{sample.guidance.name}`, {json.dumps(sample.guidance.params)}), "
               f"{sample.num_samples} samples per seed, "
               f"seeds {sample.seeds}; only the number of steps changes. Mean ± standard error over seeds.", ""]
