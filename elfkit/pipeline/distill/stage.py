@@ -29,7 +29,7 @@ from torch import nn
 from elfkit.errors import CheckpointError, ElfkitError
 from elfkit.pipeline.build import Components, build_components
 from elfkit.pipeline.checkpoint import Checkpoint, CheckpointDir
-from elfkit.pipeline.distill.teacher import Teacher, load_teacher
+from elfkit.pipeline.distill.teacher import Teacher, check_source, load_teacher
 from elfkit.pipeline.prepare import data_cache_dir, prepare_data
 from elfkit.pipeline.rundir import RunDir, fingerprint
 from elfkit.pipeline.train.data import make_train_data
@@ -103,6 +103,7 @@ def distill_stage(recipe: Recipe, run_dir: Path, console: Console | None = None)
     registry = default_registry(recipe.plugins)
     # every check before any work: the curriculum (schema), the teacher, every round's recipe
     rounds = [round_recipe(recipe, i, registry) for i in range(1, len(d.rounds) + 1)]
+    check_source(d.teacher)
     components = build_components(recipe, registry)
     teacher = load_teacher(d.teacher, components, use_ema=d.teacher_use_ema)
     teacher_ckpt = teacher_checkpoint(run, recipe, teacher)

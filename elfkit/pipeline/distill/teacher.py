@@ -17,8 +17,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from elfkit.components.backbones.official import is_hub_id, load_official, read_official_state_dict
-from elfkit.errors import CheckpointError, RecipeError
+from elfkit.components.backbones.official import (
+    is_hub_id,
+    load_official,
+    read_official_state_dict,
+    resolve_official_source,
+)
+from elfkit.errors import CheckpointError, HubUnreachableError, RecipeError
 from elfkit.pipeline.build import Components
 from elfkit.pipeline.checkpoint import Checkpoint
 from elfkit.pipeline.rundir import RunDir
@@ -52,6 +57,22 @@ def elfkit_checkpoint(source: str) -> Path | None:
     if p.is_file() and p.parent.name == "checkpoints" and _ELFKIT_FILE.match(p.name):
         return p
     return None
+
+
+def check_source(source: str) -> None:
+    """Fail fast (before any model is built) on a teacher that is not there. A missing local path
+    that reads like a hub id (``runs/quickstart`` does) is looked up on the hub (cache first)."""
+    if elfkit_checkpoint(source) is not None or Path(source).expanduser().exists():
+        return
+    missing = (f"distill.teacher '{source}' not found: expected an elfkit run directory (e.g. runs/quickstart, "
+               "made by `elfkit run recipes/quickstart.yaml`), an official checkpoint file or folder, or a hub id "
+               "like embedded-language-flows/ELF-B-owt-torch")
+    if not is_hub_id(source):
+        raise CheckpointError(missing)
+    try:
+        resolve_official_source(source)
+    except HubUnreachableError as exc:
+        raise CheckpointError(f"{missing}. It is no local path, and as a hub id: {exc}") from None
 
 
 def _differences(theirs: Any, ours: Any, prefix: str) -> list[str]:
@@ -88,11 +109,7 @@ def load_teacher(source: str, components: Components, *, use_ema: bool = True) -
                                   f"{str(exc).splitlines()[0]}") from None
         kind, step = "elfkit", saved.step
     else:
-        p = Path(source).expanduser()
-        if not p.exists() and not is_hub_id(source):
-            raise CheckpointError(f"distill.teacher '{source}' not found: expected an elfkit run directory (e.g. "
-                                  "runs/quickstart, made by `elfkit run recipes/quickstart.yaml`), an official "
-                                  "checkpoint file or folder, or a hub id like embedded-language-flows/ELF-B-owt-torch")
+        check_source(source)
         state = read_official_state_dict(source, use_ema=use_ema)
         load_official(module, state)      # strict: names and shapes (architecture, latent width, vocabulary)
         kind, step = "official", None
