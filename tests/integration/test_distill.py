@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from elfkit.errors import ElfkitError
 from elfkit.pipeline.checkpoint import Checkpoint
 from elfkit.pipeline.run import run_recipe
 from elfkit.recipe.load import load_recipe
@@ -46,3 +47,8 @@ def test_rounds_resume_and_report(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
     run_recipe(load_recipe(tiny, overrides), out)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt") if p in before} == before
+    # a round's settings changed under a finished round: refused, not silently mixed
+    distill["rounds"][1]["steps"] = 5
+    changed = ["objective.name=progressive-distillation", f"distill={json.dumps(distill)}", "train.ema_decay=0.5"]
+    with pytest.raises(ElfkitError, match="other settings"):
+        run_recipe(load_recipe(tiny, changed), out)
