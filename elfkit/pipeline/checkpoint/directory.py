@@ -13,14 +13,12 @@ while a step file exists. A damaged checkpoint is an error naming the newest int
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from elfkit.errors import CheckpointError
-from elfkit.fileio import atomic_write_text
-from elfkit.pipeline.checkpoint.record import SUFFIX, Checkpoint, LegacyCheckpointError
+from elfkit.pipeline.checkpoint.record import SUFFIX, Checkpoint, LegacyCheckpointError, pointer_target, write_pointer
 
 LAST = "last"
 _STEP_FILE = re.compile(rf"^step_(\d+){re.escape(SUFFIX)}$")
@@ -70,7 +68,7 @@ class CheckpointDir:
         never pruned: they are replaced only when training reaches their step."""
         path = self.step_file(checkpoint.step)
         checkpoint.save(path)
-        atomic_write_text(self.last, json.dumps({"file": path.name, "step": checkpoint.step}) + "\n")
+        write_pointer(self.last, path, checkpoint.step)
         older = [p for s, p in self.steps() if s < checkpoint.step]
         for old in older[:max(len(older) - (keep - 1), 0)]:
             old.unlink(missing_ok=True)
@@ -78,11 +76,7 @@ class CheckpointDir:
 
     def pointed(self) -> Path | None:
         """The file ``last`` names (None if ``last`` is missing or unreadable)."""
-        try:
-            name = json.loads(self.last.read_text(encoding="utf-8"))["file"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return self.path / Path(str(name)).name   # a name inside this folder, never a path elsewhere
+        return pointer_target(self.last)
 
     def newest_intact(self, *, skip: Path | None = None) -> tuple[Path, Checkpoint] | None:
         """The newest step file that reads and verifies (``skip`` excluded), or None."""
@@ -175,7 +169,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint not found: {path}; checkpoints are now step_N{SUFFIX} files and "
                               f"the pointer {ckdir.last} (pass that, or the run directory)")
     if path.name == LAST and path.is_file():
-        target = ckdir.pointed()
+        target = pointer_target(path)
         if target is None:
             raise CheckpointError(f"{path} is not a readable checkpoint pointer; pass a step_N{SUFFIX} file")
         path = target

@@ -84,8 +84,12 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-        """Read and verify one checkpoint file; any failure is a :class:`CheckpointError` naming it."""
+        """Read and verify one checkpoint file (or the file a ``last`` pointer names); any failure
+        is a :class:`CheckpointError` naming it."""
         path = Path(path)
+        target = pointer_target(path)
+        if target is not None:
+            path = target
         if not path.exists():
             raise CheckpointError(f"checkpoint not found: {path}")
         if path.is_dir():
@@ -99,7 +103,8 @@ class Checkpoint:
 
     @classmethod
     def from_bytes(cls, data: bytes, origin: str) -> Checkpoint:
-        if data.startswith(_LEGACY_MAGIC):
+        safetensors_like = data[8:9] == b"{"   # 8 bytes of header size, then the JSON header
+        if not safetensors_like and data.startswith(_LEGACY_MAGIC):
             raise LegacyCheckpointError(
                 f"{origin} is in the old pickle checkpoint format, which elfkit no longer opens because "
                 f"reading a pickle can run code. Convert it once (reads tensors and plain values only) with:\n"
@@ -134,6 +139,22 @@ class Checkpoint:
         tree = {f.name: codec.split(getattr(self, f.name), tensors, f.name) for f in fields(self)}
         moved = {k: t.to(device) for k, t in tensors.items()}
         return type(self)(**codec.join(tree, moved))
+
+
+def write_pointer(pointer: Path, target: Path, step: int) -> None:
+    """Write ``pointer`` (e.g. ``checkpoints/last``): a small JSON file naming ``target`` in its folder."""
+    atomic_write_bytes(pointer, lambda f: f.write((json.dumps({"file": target.name, "step": step}) + "\n").encode()))
+
+
+def pointer_target(path: Path) -> Path | None:
+    """The file a pointer names (always inside the pointer's folder), or None if ``path`` is no pointer."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        name = json.loads(head)["file"] if head[:1] == b"{" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path.parent / Path(str(name)).name if name else None
 
 
 def _check_types(checkpoint: Checkpoint) -> None:
