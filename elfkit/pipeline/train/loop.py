@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
 from elfkit.contracts import SupportsActivationCheckpointing, TrainData
@@ -51,10 +52,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """``checkpoint``: the ``checkpoints/last`` pointer or the file resumed from (None if nothing was
-    saved); ``steps``: optimiser steps done in
-    total; ``final_loss``: mean loss of the last step; ``tokens_per_s``: global throughput of
-    this invocation; ``stopped``: 'completed', 'already-done', 'interrupted' or 'time-limit'."""
+    """``checkpoint``: the ``checkpoints/last`` pointer or the file resumed from (None if nothing
+    was saved); ``steps``: optimiser steps done in total; ``final_loss``: mean loss of the last
+    step; ``tokens_per_s``: global throughput of this invocation; ``stopped``: 'completed',
+    'already-done', 'interrupted' or 'time-limit'."""
 
     checkpoint: Path | None
     steps: int
@@ -210,7 +211,7 @@ class _Trainer:
             return False
         saved, self.resumed_path = found.checkpoint, found.path
         if found.note and self.info.is_main and self.console is not None:
-            self.console.print(f"[yellow]train: {found.note}")
+            self.console.print(f"[yellow]train: {escape(found.note)}")
         if saved.ema is None or saved.optimizer is None or saved.scheduler is None or saved.rng is None:
             raise CheckpointError(f"{found.path} holds weights but no training state "
                                   "(EMA, optimizer, scheduler, RNG); training cannot resume from it")
