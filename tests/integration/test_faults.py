@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
+from safetensors.torch import save as safetensors_save
 
 from elfkit.errors import CheckpointError, ElfkitError, StorageError
 from elfkit.pipeline.checkpoint import Checkpoint, CheckpointDir, codec, load_checkpoint
@@ -243,6 +244,30 @@ def test_old_and_malicious_pickles_never_run(tmp_path: Path) -> None:
     raw.write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(CheckpointError):
         load_checkpoint(raw)
+    assert not marker.exists()
+
+
+def test_crafted_safetensors_with_a_valid_checksum_are_data_only(tmp_path: Path) -> None:
+    """A hand-made file can carry any JSON and a matching checksum: it is still only data."""
+    marker = tmp_path / "pwned"
+    tensors = {"model.w": torch.zeros(1)}
+    fields = {"recipe": {"py/object": "os.system", "__reduce__": ["touch", str(marker)]},
+              "model": {"w": {codec.TENSOR: "model.w"}}, "step": 1}
+    path = tmp_path / "step_1.safetensors"
+
+    def craft(fields: dict) -> None:
+        meta = {"format": 2, "fields": fields}
+        meta["sha256"] = codec.checksum(codec.canonical_json(meta), tensors)
+        path.write_bytes(safetensors_save(tensors, metadata={"elfkit": codec.canonical_json(meta)}))
+
+    craft(fields)
+    loaded = load_checkpoint(path)               # plain dicts and strings: nothing is resolved or called
+    assert loaded.recipe["py/object"] == "os.system" and not marker.exists()
+    for bad in ({**fields, "optimizer": {codec.TENSOR: "not-in-the-file"}}, {**fields, "model": "os.system"},
+                {**fields, "step": {codec.DICT: "x"}}):
+        craft(bad)
+        with pytest.raises(CheckpointError, match="not a valid elfkit checkpoint"):
+            load_checkpoint(path)
     assert not marker.exists()
 
 
