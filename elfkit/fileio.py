@@ -35,9 +35,10 @@ def free_space(folder: Path) -> str:
     return ""
 
 
-def storage_error(exc: OSError, target: Path) -> StorageError | None:
-    """The user-facing error for a failed write of ``target``, or None if ``exc`` is not about storage."""
-    folder = Path(target).parent
+def storage_error(exc: OSError, target: Path, folder: Path | None = None) -> StorageError | None:
+    """The user-facing error for a failed write of ``target`` (in ``folder``, default its parent),
+    or None if ``exc`` is not about storage."""
+    folder = Path(target).parent if folder is None else Path(folder)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageError(f"disk full while writing {target}: {folder} has {free_space(folder)}. "
                             "Nothing written before was overwritten; free some space and rerun the same "

@@ -90,7 +90,8 @@ class RunDir:
     def lock(self, command: str) -> Iterator[None]:
         """Hold the run directory for ``command`` (re-entrant in one process; ranks > 0 of a torchrun
         job rely on rank 0's). On entry: the directory is created and proven writable, a live
-        holder is refused (:class:`RunDirBusyError`), and interrupted writes' temp files are removed."""
+        holder is refused (:class:`RunDirBusyError`), and interrupted writes' temp files are removed.
+        Inside: a disk-full or permission ``OSError`` from any write becomes a :class:`StorageError`."""
         key = self.root.resolve()
         if key in _HELD or int(os.environ.get("RANK", "0")) != 0:
             _HELD[key] = _HELD.get(key, 0) + 1
@@ -108,6 +109,12 @@ class RunDir:
             for folder in (self.root, self.checkpoints.path):
                 remove_temp_files(folder)
             yield
+        except OSError as exc:   # any write of the command (logs, samples, …): disk full / unwritable
+            target = Path(exc.filename) if isinstance(exc.filename, str) else self.root
+            err = storage_error(exc, target, target.parent if target != self.root else self.root)
+            if err is None:
+                raise
+            raise err from None
         finally:
             del _HELD[key]
             _release(self.lock_file)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -78,3 +79,14 @@ def test_trim_train_log_drops_steps_past_the_resumed_one(tmp_path: Path) -> None
     before = run.train_log.stat().st_mtime_ns
     run.trim_train_log(5)                # nothing to drop: untouched
     assert run.train_log.stat().st_mtime_ns == before
+
+
+def test_a_full_disk_inside_the_lock_is_a_storage_error(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    with pytest.raises(StorageError, match=f"disk full while writing {run.train_log}: {tmp_path} has"):
+        with run.lock("train"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(run.train_log))
+    with pytest.raises(OSError, match="I/O"):
+        with run.lock("train"):
+            raise OSError(errno.EIO, "I/O error")
+    assert not run.lock_file.exists()
