@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from elfkit.errors import CheckpointError, ElfkitError
+from elfkit.errors import CheckpointError, ElfkitError, RecipeError
 from elfkit.pipeline.build import build_components
 from elfkit.pipeline.prepare import data_cache_dir, prepare_data
 from elfkit.pipeline.rundir import RunDir, training_fingerprint
@@ -26,6 +26,9 @@ def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None,
     """Train (or resume, or skip if finished) holding the run directory's lock; returns the last
     checkpoint. ``resume_from`` picks the checkpoint file to resume from (default: the newest)."""
     console = console or Console(stderr=True)
+    if recipe.distill is not None:
+        raise RecipeError(f"recipe '{recipe.name}' has a `distill:` section: its rounds need the teacher, so run it "
+                          "with `elfkit run` (docs/distillation.md)")
     run = RunDir(Path(run_dir))
     with run.lock("train"):
         return _train(recipe, run, console, resume_from)
