@@ -25,6 +25,7 @@ from elfkit.errors import DataError
 from elfkit.fileio import atomic_write_text
 from elfkit.generation import Condition, DenoiseStep, decode_tokens, generate, postprocess
 from elfkit.pipeline.build import sampling_time
+from elfkit.pipeline.checkpoint import run_root_of
 from elfkit.pipeline.prepare import data_cache_dir
 from elfkit.pipeline.rundir import RunDir, fingerprint
 from elfkit.pipeline.train.latents import embed_batch
@@ -193,14 +194,14 @@ def sample_from_checkpoint(checkpoint: Path, overrides: Sequence[str], *, out_di
     along, so ``elfkit eval`` on the new directory has its real/shuffled reference rows."""
     console = console or Console(stderr=True)
     trained = load_trained(checkpoint, overrides, plugin_files=plugin_files)
-    source = RunDir(Path(checkpoint).resolve().parent.parent)
-    out = Path(out_dir) if out_dir else source.root / "samples"
-    run = RunDir(out)
-    run.write_recipe(trained.recipe)
-    frames: list[DenoisingFrame] = []
-    records = generate_records(trained, engine=engine, console=console, watch=frames)
-    write_samples(run.samples, records)
-    write_denoising(run.root / DENOISING_FILE, frames)
-    if source.references.is_file() and source.references.resolve() != run.references.resolve():
-        shutil.copyfile(source.references, run.references)
+    source = RunDir(run_root_of(checkpoint))
+    run = RunDir(Path(out_dir) if out_dir else source.root / "samples")
+    with run.lock("sample"):
+        run.write_recipe(trained.recipe)
+        frames: list[DenoisingFrame] = []
+        records = generate_records(trained, engine=engine, console=console, watch=frames)
+        write_samples(run.samples, records)
+        write_denoising(run.root / DENOISING_FILE, frames)
+        if source.references.is_file() and source.references.resolve() != run.references.resolve():
+            shutil.copyfile(source.references, run.references)
     return run.samples
