@@ -6,11 +6,12 @@ intervals). Deterministic samplers integrate the same ODE, so agreement measures
 error where it matters: the decoded text. ``old-euler`` integrates the clamped velocity into
 t = 1 (elfkit before the x̂ fix), for comparison::
 
-    python benchmarks/sampler_agreement.py runs/qs-base            # a run directory or a checkpoint file
+    python benchmarks/sampler_agreement.py runs/qs-base            # a run directory or a checkpoint
     python benchmarks/sampler_agreement.py runs/qs-base --steps 16 32 64 --num 64 --ref-steps 256
 
 The model is loaded through :func:`elfkit.pipeline.trained.load_trained` (the path ``elfkit
-sample`` uses), so the script does not depend on the checkpoint's layout.
+sample`` uses), so the script does not depend on the checkpoint's layout (a run in the old
+pickle format needs ``elfkit checkpoint convert`` first, like ``elfkit sample``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from elfkit.components.backbones import EagerRunner  # noqa: E402
 from elfkit.components.samplers.base import ConfigSteps, SamplerConfig, as_grid, batch_time  # noqa: E402
 from elfkit.contracts import Denoiser, Sampler  # noqa: E402
 from elfkit.generation import generate  # noqa: E402
-from elfkit.pipeline.rundir import RunDir  # noqa: E402
 from elfkit.pipeline.trained import load_trained  # noqa: E402
 from elfkit.records import SamplerOutput  # noqa: E402
 
@@ -62,7 +62,7 @@ SAMPLERS: dict[str, tuple[str, dict[str, float]]] = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a run directory (its last checkpoint) or a checkpoint file")
+    p.add_argument("run", type=Path, help="a run directory (its last checkpoint) or a checkpoint")
     p.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--ref-steps", type=int, default=256)
     p.add_argument("--num", type=int, default=64, help="sequences (one batch)")
@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument("--no-old", action="store_true", help="skip the pre-fix Euler")
     a = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    ckpt = RunDir(a.run).checkpoints.last if a.run.is_dir() else a.run
+    ckpt = a.run
     trained = load_trained(ckpt)
     r, c = trained.recipe, trained.components
     registry = c.registry
