@@ -48,7 +48,7 @@ def test_run_writes_a_readable_run_directory_and_skips_finished_stages(tmp_path)
 
     # `elfkit sample --out` brings the run's references along for its evaluation
     out = tmp_path / "resampled"
-    sampled = subprocess.run([*ELFKIT, "sample", str(run_dir / "checkpoints" / "last.pt"), "--out", str(out)],
+    sampled = subprocess.run([*ELFKIT, "sample", str(run_dir / "checkpoints" / "last"), "--out", str(out)],
                              env=_env(tmp_path), capture_output=True, text=True)
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     assert (out / "references.jsonl").read_bytes() == (run_dir / "references.jsonl").read_bytes()
