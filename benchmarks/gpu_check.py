@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput  # noqa: E402
 from _common import describe_host, sync  # noqa: E402
 
-from elfkit.components.backbones import EagerRunner  # noqa: E402
+from elfkit.components.backbones import EagerRunner, ELFBackbone  # noqa: E402
 from elfkit.components.exporters import ExportSpec, export_backbone, read_manifest  # noqa: E402
 from elfkit.components.exporters.spec import DimRange  # noqa: E402
 from elfkit.components.guidance import SelfCondConfig  # noqa: E402
@@ -86,11 +87,11 @@ def train_args(size: dict, device: torch.device, compile_: bool, steps: int, war
 
 def train_stage(size: dict, device: torch.device, compile_: bool, steps: int, warmup: int) -> str:
     row = train_throughput.run(train_args(size, device, compile_, steps, warmup))[0]
-    return (f"{row['tokens_per_s']:,.0f} tokens/s, {row['gflops'] / 1e3:.3f} TFLOP/s, "
+    return (f"{row['tokens_per_s']:,.0f} tokens/s, {float(row['gflops']) / 1e3:.3f} TFLOP/s, "
             f"MFU {100 * float(row['fraction_of_peak']):.1f}% of {float(row['peak_gflops']) / 1e3:,.1f} TFLOP/s")
 
 
-def build_net(size: dict, device: torch.device) -> torch.nn.Module:
+def build_net(size: dict, device: torch.device) -> ELFBackbone:
     cfg = {"latent_dim": size["latent_dim"], "vocab_size": size["vocab"], "max_length": size["seq"],
            "decoder_hidden": size["decoder_hidden"]}
     if size["preset"]:
@@ -98,13 +99,13 @@ def build_net(size: dict, device: torch.device) -> torch.nn.Module:
     else:
         cfg.update(preset=None, depth=size["depth"], width=size["width"], heads=size["heads"])
     torch.manual_seed(0)
-    net = build_registry(entry_points=False).build("backbone", "elf", cfg).to(device).eval()
+    net = cast(ELFBackbone, build_registry(entry_points=False).build("backbone", "elf", cfg)).to(device).eval()
     with torch.no_grad():                       # a non-zero x head, so the check computes something real
         torch.nn.init.normal_(net.final_layer.linear.weight, std=0.02)
     return net
 
 
-def sample_stage(net: torch.nn.Module, num: int, length: int, device: torch.device, repeats: int) -> str:
+def sample_stage(net: ELFBackbone, num: int, length: int, device: torch.device, repeats: int) -> str:
     reg = build_registry(entry_points=False)
     runner = EagerRunner(net, torch.bfloat16)
     target = reg.build("target", "x").bind(FlowPath())
@@ -124,7 +125,7 @@ def sample_stage(net: torch.nn.Module, num: int, length: int, device: torch.devi
     return f"{1e3 * best:,.1f} ms per batch (best of {repeats}), {num * length / best:,.0f} tokens/s"
 
 
-def export_stage(net: torch.nn.Module, size: dict, device: torch.device) -> str:
+def export_stage(net: ELFBackbone, size: dict, device: torch.device) -> str:
     reg = build_registry()
     target = reg.build("target", "x").bind(FlowPath(), name="x")
     seq = size["seq"]

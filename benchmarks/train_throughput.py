@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> list[dict[str, float | str]]:
         net = build_backbone(args).to(device).train()
         if args.compile:
             net.compile()
-        obj_cfg = ElfObjectiveConfig(execution=v.style)
+        obj_cfg = ElfObjectiveConfig(execution="reference" if v.style == "reference" else "fast")
         objective = ElfObjective(obj_cfg)
         train = TrainSection(batch_size=args.batch, optimizer=v.optimizer,   # type: ignore[arg-type]
                              muon=MuonSection(implementation=args.muon_implementation, ns_dtype=v.ns,  # type: ignore[arg-type]
