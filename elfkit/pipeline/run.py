@@ -13,6 +13,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from elfkit.pipeline.distill.compare import compare, write_distill_report
+from elfkit.pipeline.distill.stage import distill_stage
 from elfkit.pipeline.evaluate import evaluate_stage
 from elfkit.pipeline.report.document import write_report
 from elfkit.pipeline.rundir import RunDir
@@ -22,12 +24,22 @@ from elfkit.recipe.schema import Recipe
 from elfkit.registry import default_registry
 
 
-def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
-    """prepare → train → sample → evaluate → report; returns report.md."""
+def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None,
+               resume_from: Path | None = None) -> Path:
+    """prepare → train → sample → evaluate → report (with a ``distill:`` section: rounds, then teacher
+    vs student), holding the run directory's lock; returns report.md. ``resume_from`` picks the
+    checkpoint training resumes from."""
     console = console or Console(stderr=True)
     run = RunDir(Path(run_dir))
+    with run.lock("run"):
+        return _run(recipe, run, console, resume_from)
+
+
+def _run(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | None) -> Path:
     console.rule(f"[bold]{recipe.name}[/] → {run.root}")
-    ckpt = train_stage(recipe, run.root, console)
+    if recipe.distill is not None:   # progressive distillation: rounds, then teacher vs student
+        return _distill(recipe, run, console)
+    ckpt = train_stage(recipe, run.root, console, resume_from=resume_from)
     if int(os.environ.get("RANK", "0")) != 0:   # under torchrun: rank 0 samples, evaluates, reports
         return run.report
     sample_stage(ckpt, run.root, recipe, console)
@@ -35,3 +47,12 @@ def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) ->
         with console.status("evaluating"):
             evaluate_stage(run.samples, run.root, recipe, default_registry(recipe.plugins))
     return write_report(run.root)
+
+
+def _distill(recipe: Recipe, run: RunDir, console: Console) -> Path:
+    teacher, student = distill_stage(recipe, run.root, console)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return run.report
+    with console.status("sampling and evaluating teacher and student"):
+        results = compare(recipe, run.root, teacher, student)
+    return write_distill_report(recipe, run.root, results)
