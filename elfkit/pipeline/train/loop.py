@@ -45,8 +45,8 @@ from elfkit.pipeline.train.determinism import environment_facts, set_determinist
 from elfkit.pipeline.train.ema import EMA
 from elfkit.pipeline.train.guard import DivergenceGuard, Verdict, divergence_advice, first_non_finite
 from elfkit.pipeline.train.monitor import Monitor
-from elfkit.pipeline.train.tracking import open_trackers
 from elfkit.pipeline.train.optimizers import build_optimizer, build_scheduler, clip_grad_norm, resolve_lr
+from elfkit.pipeline.train.tracking import open_trackers
 from elfkit.recipe.load import resolved_dict
 from elfkit.records import Batch
 
@@ -307,7 +307,7 @@ class _Trainer:
         start = last_log = time.perf_counter()
         start_step = self.progress.step
         tokens_total = tokens_window = 0
-        stopped, last_ckpt, message = "completed", None, ""
+        stopped, last_ckpt, diverged = "completed", None, ""
         ckpt_pending = False
         try:
             with _StopFlag() as flag:
@@ -317,10 +317,7 @@ class _Trainer:
                     tokens_window += tokens
                     step = self.progress.step
                     if verdict.kind == "stop":
-                        message = self._diverged_message(step, verdict.reason)
-                        monitor.log({"event": "diverged", "step": step, "reason": verdict.reason,
-                                     "last_good_checkpoint": str(self.last_good[1]) if self.last_good else None})
-                        stopped = "diverged"
+                        stopped, diverged = "diverged", verdict.reason
                         break
                     self._report_verdict(monitor, step, logs, verdict)
                     if verdict.kind != "skip":
@@ -347,10 +344,8 @@ class _Trainer:
                         saved = self.save()
                         ckpt_pending = False
                         if isinstance(saved, str):
-                            reason = f"the weights hold a non-finite value ({saved}); that checkpoint was not written"
-                            message = self._diverged_message(step, reason)
-                            monitor.log({"event": "diverged", "step": step, "reason": reason})
                             stopped = "diverged"
+                            diverged = f"the weights hold a non-finite value ({saved}); that checkpoint was not written"
                             break
                         last_ckpt = saved
                     if stop:
@@ -359,6 +354,7 @@ class _Trainer:
         finally:
             monitor.close()
         elapsed = time.perf_counter() - start
+        message = self._diverged_message(self.progress.step, diverged) if diverged else ""
         result = TrainResult(last_ckpt, self.progress.step, self.progress.loss, tokens_total / max(elapsed, 1e-9),
                              stopped, wall_s=elapsed, skipped_steps=self.guard.bad_steps,
                              spike_steps=self.guard.spike_steps, message=message)
@@ -366,7 +362,9 @@ class _Trainer:
             monitor.log({"event": stopped, "step": self.progress.step, "steps_done": self.progress.step - start_step,
                          "wall_s": round(elapsed, 3), "tokens": tokens_total,
                          "tokens_per_s": result.tokens_per_s, "skipped_steps": self.guard.bad_steps,
-                         "spike_steps": self.guard.spike_steps})
+                         "spike_steps": self.guard.spike_steps,
+                         **({"reason": diverged, "last_good_checkpoint": str(self.last_good[1]) if self.last_good
+                             else None} if diverged else {})})
         return result
 
     def _report_verdict(self, monitor: Monitor, step: int, logs: dict[str, float], verdict: Verdict) -> None:
