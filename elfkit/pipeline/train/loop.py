@@ -351,20 +351,19 @@ class _Trainer:
                     if stop:
                         stopped = reason or "interrupted"
                         break
-        finally:
-            monitor.close()
-        elapsed = time.perf_counter() - start
-        message = self._diverged_message(self.progress.step, diverged) if diverged else ""
-        result = TrainResult(last_ckpt, self.progress.step, self.progress.loss, tokens_total / max(elapsed, 1e-9),
-                             stopped, wall_s=elapsed, skipped_steps=self.guard.bad_steps,
-                             spike_steps=self.guard.spike_steps, message=message)
-        if info.is_main:
+            elapsed = time.perf_counter() - start
+            message = self._diverged_message(self.progress.step, diverged) if diverged else ""
+            result = TrainResult(last_ckpt, self.progress.step, self.progress.loss,
+                                 tokens_total / max(elapsed, 1e-9), stopped, wall_s=elapsed,
+                                 skipped_steps=self.guard.bad_steps, spike_steps=self.guard.spike_steps,
+                                 message=message)
             monitor.log({"event": stopped, "step": self.progress.step, "steps_done": self.progress.step - start_step,
-                         "wall_s": round(elapsed, 3), "tokens": tokens_total,
-                         "tokens_per_s": result.tokens_per_s, "skipped_steps": self.guard.bad_steps,
-                         "spike_steps": self.guard.spike_steps,
+                         "wall_s": round(elapsed, 3), "tokens": tokens_total, "tokens_per_s": result.tokens_per_s,
+                         "skipped_steps": self.guard.bad_steps, "spike_steps": self.guard.spike_steps,
                          **({"reason": diverged, "last_good_checkpoint": str(self.last_good[1]) if self.last_good
                              else None} if diverged else {})})
+        finally:
+            monitor.close()
         return result
 
     def _report_verdict(self, monitor: Monitor, step: int, logs: dict[str, float], verdict: Verdict) -> None:
