@@ -162,7 +162,8 @@ def test_non_finite_or_non_positive_lr_and_boolean_counts_name_file_line_and_key
 def test_a_boolean_is_not_a_step_count(tmp_path, registry):
     with pytest.raises(RecipeError) as e:
         load_recipe(write(tmp_path, GOOD.replace("steps: 10", "steps: true")), registry=registry)
-    assert str(e.value) == f"{tmp_path / 'r.yaml'}:10: train.steps: expects a whole number, got true (a boolean is not a count)"
+    assert str(e.value) == (f"{tmp_path / 'r.yaml'}:10: train.steps: expects a whole number, got true "
+                            "(a boolean is not a count)")
     with pytest.raises(RecipeError, match="train.steps: expects a whole number, got false"):
         load_recipe(write(tmp_path, GOOD), ["train.steps=false"], registry=registry)
     with pytest.raises(RecipeError, match="seed"):

@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 
-from elfkit.pipeline.train.guard import (DivergenceGuard, divergence_advice, first_non_finite, is_finite, is_spike,
-                                         running_median)
+from elfkit.pipeline.train.guard import (
+    DivergenceGuard,
+    divergence_advice,
+    first_non_finite,
+    is_finite,
+    is_spike,
+    running_median,
+)
 
 NAN, INF = math.nan, math.inf
 
@@ -81,7 +87,8 @@ def test_first_non_finite_names_the_key() -> None:
     state = {"model": {"w": torch.ones(2), "step": torch.tensor([1, 2])},
              "optimizer": {"state": {0: {"m": torch.tensor([0.0, INF])}}, "groups": [{"lr": 0.1}]}}
     assert first_non_finite(state) == "optimizer.state.0.m"
-    assert first_non_finite({"model": {"w": torch.ones(2)}, "loss": 1.0, "rng": torch.zeros(3, dtype=torch.uint8)}) is None
+    finite = {"model": {"w": torch.ones(2)}, "loss": 1.0, "rng": torch.zeros(3, dtype=torch.uint8)}
+    assert first_non_finite(finite) is None
     assert first_non_finite({"groups": [{"lr": NAN}]}) == "groups.0.lr"
     assert first_non_finite({"ema": None}) is None
 

@@ -163,7 +163,8 @@ def test_a_non_finite_step_is_skipped_counted_and_logged(tmp_path) -> None:
 def test_skipped_step_leaves_weights_ema_and_optimizer_untouched(tmp_path) -> None:
     comps, data = _faulty({3}, float("nan"), steps=3, checkpoint_every=2, warmup_steps=0, lr=1e-3)
     fit(comps, data, RunDir(tmp_path))
-    two, three = Checkpoint.load(tmp_path / "checkpoints" / "step_2.pt"), Checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    ckpts = tmp_path / "checkpoints"
+    two, three = Checkpoint.load(ckpts / "step_2.pt"), Checkpoint.load(ckpts / "last.pt")
     assert three.step == 3
     for key in ("model", "ema"):
         for name, t in getattr(two, key).items():
@@ -179,7 +180,8 @@ def test_consecutive_non_finite_steps_stop_as_diverged_keeping_the_last_good_che
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "step_2.pt", "step_4.pt"]
     assert Checkpoint.load(tmp_path / "checkpoints" / "last.pt").step == 4 and _all_finite(Checkpoint.load(good))
     assert result.message.startswith("training diverged at step 7: 3 consecutive steps with a non-finite loss")
-    assert f"The last good checkpoint is {good} (step 4)" in result.message and "Try: a lower train.lr" in result.message
+    assert f"The last good checkpoint is {good} (step 4)" in result.message
+    assert "Try: a lower train.lr" in result.message
     end = read_log(tmp_path)[-1]
     assert end["event"] == "diverged" and end["last_good_checkpoint"] == str(good) and "non-finite" in end["reason"]
 
