@@ -387,7 +387,8 @@ class _Trainer:
         else:
             good = f"No checkpoint was written before it (train.checkpoint_every: {train.checkpoint_every})."
         return (f"training diverged at step {step}: {reason}. {good} "
-                + divergence_advice(resolve_lr(train), train.clip_grad, train.precision, train.warmup_steps))
+                + divergence_advice(resolve_lr(train), train.clip_grad, train.precision, train.warmup_steps)
+                + " Run the changed recipe with a new --out directory.")
 
 
 def _json_float(value: float) -> float | str:
