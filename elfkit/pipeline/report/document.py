@@ -144,6 +144,13 @@ def _run_summary(records: list[dict[str, Any]]) -> tuple[list[list[str]], list[s
                  ["tokens/s", f"{tokens / wall:,.0f}" if wall > 0 else "—"],
                  ["skipped steps (non-finite)", f"{sum(_numeric(e, 'skipped_steps') or 0 for e in finished):g}"],
                  ["loss-spike steps", f"{sum(_numeric(e, 'spike_steps') or 0 for e in finished):g}"]]
+    env = next((e["environment"] for e in reversed(records) if isinstance(e.get("environment"), dict)), None)
+    if env is not None:
+        where = env.get("gpu") or env.get("cpu", "?")
+        flag = "on" if env.get("deterministic_algorithms") else "off"
+        rows.append(["environment", f"torch {env.get('torch', '?')}, {env.get('device', '?')} ({where}), "
+                                    f"{env.get('threads', '?')} threads, {env.get('world_size', 1)} process(es), "
+                                    f"deterministic algorithms {flag}"])
     warnings = []
     for e in records:
         if e.get("event") == "spike":

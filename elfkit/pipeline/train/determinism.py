@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def set_deterministic(enabled: bool) -> None:
-    """Ask torch for deterministic kernels (an error where none exists). cuBLAS needs its
-    workspace setting before its first use for that; it is set here unless already set."""
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = False if enabled else torch.backends.cudnn.benchmark
+@contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, torch uses deterministic kernels (and raises where none exists) inside
+    the block; the process's previous flags come back afterwards. cuBLAS needs its workspace
+    setting before its first use; it is set here unless already set."""
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
 
 
 def environment_facts(device: torch.device, world_size: int) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from elfkit.pipeline.checkpoint import Checkpoint
 from elfkit.pipeline.rundir import RunDir
 from elfkit.pipeline.train import distributed as dist_utils
 from elfkit.pipeline.train import state as train_state
-from elfkit.pipeline.train.determinism import environment_facts, set_deterministic
+from elfkit.pipeline.train.determinism import deterministic_kernels, environment_facts
 from elfkit.pipeline.train.ema import EMA
 from elfkit.pipeline.train.guard import DivergenceGuard, Verdict, divergence_advice, first_non_finite
 from elfkit.pipeline.train.monitor import Monitor
@@ -130,7 +130,8 @@ def fit(components: Components, data: TrainData, run: RunDir, *, console: Consol
     """Train ``components.backbone`` per ``components.recipe.train``; resumes from ``run`` if possible."""
     info = dist_utils.setup()
     try:
-        return _Trainer(components, data, run, info, console).run()
+        with deterministic_kernels(components.recipe.train.deterministic):
+            return _Trainer(components, data, run, info, console).run()
     finally:
         dist_utils.teardown(info)
 
@@ -141,8 +142,6 @@ class _Trainer:
         self.c, self.data, self.rundir, self.info, self.console = c, data, run, info, console
         self.train = c.recipe.train
         self.micro = _micro_batch(self.train, info)
-        if self.train.deterministic:
-            set_deterministic(True)
         dist_utils.check_parallel(self.train.parallel, self.train.muon.implementation, info)
         self.device = info.device
         self.raw: BackboneModule = c.backbone.to(self.device)

@@ -277,7 +277,9 @@ def test_all_empty_samples_are_refused_before_any_metric(tmp_path, registry):
 def test_training_section_states_steps_time_throughput_skips_spikes_and_divergence(tmp_path):
     run = tmp_path / "diverged"
     run.mkdir()
-    log = [{"event": "start", "step": 0, "lr": 10.0},
+    log = [{"event": "start", "step": 0, "lr": 10.0, "environment": {"torch": "2.13.0+cpu", "device": "cpu",
+                                                                   "cpu": "AMD EPYC", "threads": 2, "world_size": 1,
+                                                                   "deterministic_algorithms": False}},
            {"step": 1, "loss": 5.0, "lr": 10.0},
            {"event": "interrupted", "step": 2, "steps_done": 2, "wall_s": 1.0, "tokens": 600, "tokens_per_s": 600.0,
             "skipped_steps": 0, "spike_steps": 0},
@@ -295,5 +297,7 @@ def test_training_section_states_steps_time_throughput_skips_spikes_and_divergen
                    "- **Skipped steps** (non-finite loss or gradient norm, no update): 3.",
                    "- **Loss spike** at step 4: 9.8e+07, more than 4× its running median 5.5.",
                    "- **Diverged** at step 9: the loss has stayed above 4× its running median. "
-                   "Last good checkpoint: `ck/step_2.pt`.", "| last step | 4 |"):
+                   "Last good checkpoint: `ck/step_2.pt`.", "| last step | 4 |",
+                   "| environment | torch 2.13.0+cpu, cpu (AMD EPYC), 2 threads, 1 process(es), "
+                   "deterministic algorithms off |"):
         assert needle in text, needle
