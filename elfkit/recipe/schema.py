@@ -127,7 +127,7 @@ class TrainSection(BaseModel):
     max_bad_steps: int = Field(default=3, ge=1, strict=True)
     """Consecutive steps with a non-finite loss or gradient norm (each is skipped: no optimiser,
     EMA or scheduler update) after which the run stops as diverged."""
-    spike_factor: float | None = Field(default=4.0, gt=1, allow_inf_nan=False)
+    spike_factor: float | None = Field(default=5.0, gt=1, allow_inf_nan=False)
     """A loss above this × the median of the last `spike_window` healthy losses is a spike
     (a warning in the log and report). None = no spike detection."""
     spike_window: int = Field(default=50, ge=1, strict=True)

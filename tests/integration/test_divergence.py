@@ -62,7 +62,7 @@ def test_a_loss_that_stays_far_above_its_median_is_flagged_then_stopped(tmp_path
     err = _flat(proc.stderr)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "step 2: loss spike" in err and "its running median" in err
-    assert "training diverged at step 51: the loss has stayed above 4× its running median" in err, err
+    assert "training diverged at step 51: the loss has stayed above 5× its running median" in err, err
     assert "for 50 steps since step 2" in err
     report = (run / "report.md").read_text()
     assert "- **Loss spike** at step 2:" in report and "| loss-spike steps | 50 |" in report
