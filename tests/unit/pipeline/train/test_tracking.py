@@ -79,3 +79,34 @@ def test_wandb_runs_offline_inside_the_run_directory(tmp_path, monkeypatch) -> N
     fit(comps, data, RunDir(tmp_path))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
+
+
+def test_wandb_tracker_is_offline_in_the_run_directory_with_the_recipe_as_config(tmp_path, monkeypatch) -> None:
+    """The wiring, against a stand-in ``wandb`` module (the real one is tested where installed)."""
+    import importlib.machinery
+    import os
+    import sys
+    import types
+
+    calls: list[tuple] = []
+
+    class _Run:
+        def log(self, scalars, step):
+            calls.append(("log", step, scalars))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kw: calls.append(("init", kw)) or _Run()   # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    comps, data = make_components(steps=2, log_every=1, log_to=["jsonl", "wandb"])
+    fit(comps, data, RunDir(tmp_path))
+    assert os.environ["WANDB_MODE"] == "offline"
+    init = calls[0]
+    assert init[0] == "init" and init[1]["mode"] == "offline" and init[1]["dir"] == str(tmp_path)
+    assert init[1]["config"]["train"]["log_to"] == ["jsonl", "wandb"] and init[1]["name"] == "tiny"
+    assert [c[1] for c in calls if c[0] == "log" and "train/loss" in c[2]] == [1, 2]
+    assert calls[-1] == ("finish",)
