@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from elfkit.errors import CheckpointError, ElfkitError
+from elfkit.errors import CheckpointError, ElfkitError, RecipeError
 from elfkit.pipeline.build import build_components
 from elfkit.pipeline.prepare import data_cache_dir, prepare_data
 from elfkit.pipeline.rundir import RunDir, training_fingerprint
@@ -25,6 +25,9 @@ from elfkit.registry import default_registry
 def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
     """Train (or resume, or skip if finished); returns the last checkpoint."""
     console = console or Console(stderr=True)
+    if recipe.distill is not None:
+        raise RecipeError(f"recipe '{recipe.name}' has a `distill:` section: its rounds need the teacher, so run it "
+                          "with `elfkit run` (docs/distillation.md)")
     run = RunDir(Path(run_dir))
     resolved = run.write_recipe(recipe)
     fp = training_fingerprint(resolved)
