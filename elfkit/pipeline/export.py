@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from elfkit.components.exporters import ExportSpec, export_backbone, parse_range
+from elfkit.pipeline.checkpoint import run_root_of
 from elfkit.pipeline.trained import load_trained
 from elfkit.recipe.load import resolved_dict
 
@@ -26,7 +27,7 @@ def export_checkpoint(checkpoint: Path, fmt: str, *, precision: str, batch: str,
     if seq:
         overrides["seq"] = parse_range(seq, "--seq")
     spec = ExportSpec(**overrides)
-    out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent.parent / f"export-{fmt}-{precision}"
+    out = Path(out_dir) if out_dir else run_root_of(checkpoint) / f"export-{fmt}-{precision}"
     with (console or Console(stderr=True)).status(f"exporting to {fmt} ({precision}) and checking parity"):
         return export_backbone(trained.components.backbone, fmt, out, spec, trained.components.registry,
                                target=trained.components.target,

@@ -27,16 +27,23 @@ from elfkit.recipe.schema import Recipe
 from elfkit.registry import default_registry
 
 
-def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
+def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None,
+               resume_from: Path | None = None) -> Path:
     """prepare → train → sample → evaluate → report (with a ``distill:`` section: rounds, then teacher
-    vs student); returns report.md."""
+    vs student), holding the run directory's lock; returns report.md. ``resume_from`` picks the
+    checkpoint training resumes from."""
     console = console or Console(stderr=True)
     run = RunDir(Path(run_dir))
+    with run.lock("run"):
+        return _run(recipe, run, console, resume_from)
+
+
+def _run(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | None) -> Path:
     console.rule(f"[bold]{recipe.name}[/] → {run.root}")
     if recipe.distill is not None:   # progressive distillation: rounds, then teacher vs student
         return _distill(recipe, run, console)
     try:
-        ckpt = train_stage(recipe, run.root, console)
+        ckpt = train_stage(recipe, run.root, console, resume_from=resume_from)
     except TrainingDiverged:
         if int(os.environ.get("RANK", "0")) == 0:   # the report shows how it diverged; no samples, no metrics
             write_report(run.root)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from elfkit.pipeline.checkpoint import Checkpoint
+from elfkit.pipeline.checkpoint import load_checkpoint
 from elfkit.pipeline.train.guard import first_non_finite
 from tests.fixtures.optional import requires_wheel
 
@@ -39,13 +39,13 @@ def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                    "--set", "train.checkpoint_every=1", "--set", "train.steps=50")
     err = _flat(proc.stderr)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    good = run / "checkpoints" / "step_1.pt"
+    good = run / "checkpoints" / "step_1.safetensors"
     assert "step 2: non-finite loss nan or gradient norm nan; step skipped (no update), 1/3 in a row" in err
     assert ("training diverged at step 4: 3 consecutive steps with a non-finite loss or gradient norm" in err), err
     assert f"The last good checkpoint is {good} (step 1), kept intact." in err
     assert "Try: a lower train.lr / train.blr (the LR now is 1e+06)" in err
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "step_1.pt"]
-    ck = Checkpoint.load(run / "checkpoints" / "last.pt")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last", "step_1.safetensors"]
+    ck = load_checkpoint(run / "checkpoints" / "last")
     assert ck.step == 1 and first_non_finite({"model": ck.model, "ema": ck.ema, "optimizer": ck.optimizer}) is None
     assert not (run / "samples.jsonl").exists() and not (run / "metrics.json").exists()   # no metrics
     report = (run / "report.md").read_text()

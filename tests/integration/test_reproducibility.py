@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from elfkit.pipeline.checkpoint import Checkpoint, load_checkpoint
 from tests.fixtures.optional import requires_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,9 +48,9 @@ def test_two_fresh_processes_give_identical_checkpoints_samples_metrics_and_logs
     a, b, other = tmp_path / "a", tmp_path / "b", tmp_path / "seed1"
     _elfkit("run", str(TINY), "--out", str(a), cache=tmp_path / "cache-a")     # separate caches: nothing shared
     _elfkit("run", str(TINY), "--out", str(b), cache=tmp_path / "cache-b")
-    for name in ("step_10.pt", "step_20.pt"):
-        ta = _tensors(torch.load(a / "checkpoints" / name, weights_only=False))
-        tb = _tensors(torch.load(b / "checkpoints" / name, weights_only=False))
+    for name in ("step_10.safetensors", "step_20.safetensors"):
+        ta = _tensors(vars(Checkpoint.load(a / "checkpoints" / name)))
+        tb = _tensors(vars(Checkpoint.load(b / "checkpoints" / name)))
         assert ta.keys() == tb.keys() and any(k.startswith("model.") for k in ta)
         assert any(k.startswith("optimizer.") for k in ta) and any(k.startswith("ema.") for k in ta)
         different = [k for k in ta if not torch.equal(ta[k], tb[k])]
@@ -61,6 +62,6 @@ def test_two_fresh_processes_give_identical_checkpoints_samples_metrics_and_logs
 
     # the seed does reach the weights: another seed gives another model
     _elfkit("train", str(TINY), "--out", str(other), "--set", "seed=1", cache=tmp_path / "cache-a")
-    model_a = torch.load(a / "checkpoints" / "last.pt", weights_only=False)["model"]
-    model_1 = torch.load(other / "checkpoints" / "last.pt", weights_only=False)["model"]
+    model_a = load_checkpoint(a / "checkpoints" / "last").model
+    model_1 = load_checkpoint(other / "checkpoints" / "last").model
     assert any(not torch.equal(model_a[k], model_1[k]) for k in model_a)

@@ -8,7 +8,10 @@ same numbers as 1 rank × 2 accumulated micro-batches.
 
 Stops cleanly (checkpoint, then return) at ``train.steps``, on SIGTERM or a first Ctrl-C
 (a second Ctrl-C aborts at once), and after ``train.max_minutes``. Rerunning the same call
-resumes from the run directory's ``checkpoints/last.pt``; a finished run returns immediately.
+resumes from the run directory's newest checkpoint (``CheckpointDir.latest``: what ``checkpoints/last``
+names, or the newest intact step file if ``last`` is missing; ``resume_from`` picks one); a
+finished run returns immediately. Log records past the resumed step are dropped, so the log
+never repeats a step.
 
 The divergence guard (:mod:`.guard`) watches every step: a non-finite loss or gradient norm
 skips the update, too many in a row or a loss that stays far above its running median stop
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
 from elfkit.contracts import SupportsActivationCheckpointing, TrainData
@@ -56,11 +60,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """``checkpoint``: last.pt (None if nothing was saved); ``steps``: optimiser steps done in
-    total; ``final_loss``: mean loss of the last healthy step; ``tokens_per_s``: global throughput
-    of this invocation; ``stopped``: 'completed', 'already-done', 'interrupted', 'time-limit' or
-    'diverged' (then ``message`` says why, where the last good checkpoint is and what to try);
-    ``wall_s``, ``skipped_steps`` (non-finite, not applied) and ``spike_steps``: this invocation's."""
+    """``checkpoint``: the ``checkpoints/last`` pointer or the file resumed from (None if nothing
+    was saved); ``steps``: optimiser steps done in total; ``final_loss``: mean loss of the last
+    healthy step; ``tokens_per_s``: global throughput of this invocation; ``stopped``: 'completed',
+    'already-done', 'interrupted', 'time-limit' or 'diverged' (then ``message`` says why, where
+    the last good checkpoint is and what to try); ``wall_s``, ``skipped_steps`` (non-finite, not
+    applied) and ``spike_steps``: this invocation's."""
 
     checkpoint: Path | None
     steps: int
@@ -126,20 +131,24 @@ def _micro_batch(train: Any, info: dist_utils.DistInfo) -> int:
     return train.batch_size // info.world_size
 
 
-def fit(components: Components, data: TrainData, run: RunDir, *, console: Console | None = None) -> TrainResult:
-    """Train ``components.backbone`` per ``components.recipe.train``; resumes from ``run`` if possible."""
+def fit(components: Components, data: TrainData, run: RunDir, *, console: Console | None = None,
+        resume_from: Path | None = None) -> TrainResult:
+    """Train ``components.backbone`` per ``components.recipe.train``; resumes from ``run`` (or from the
+    checkpoint file ``resume_from``) if possible."""
     info = dist_utils.setup()
     try:
         with deterministic_kernels(components.recipe.train.deterministic):
-            return _Trainer(components, data, run, info, console).run()
+            return _Trainer(components, data, run, info, console, resume_from).run()
     finally:
         dist_utils.teardown(info)
 
 
 class _Trainer:
     def __init__(self, c: Components, data: TrainData, run: RunDir, info: dist_utils.DistInfo,
-                 console: Console | None) -> None:
+                 console: Console | None, resume_from: Path | None = None) -> None:
         self.c, self.data, self.rundir, self.info, self.console = c, data, run, info, console
+        self.resume_from = resume_from
+        self.resumed_path: Path | None = None
         self.train = c.recipe.train
         self.micro = _micro_batch(self.train, info)
         dist_utils.check_parallel(self.train.parallel, self.train.muon.implementation, info)
@@ -208,7 +217,7 @@ class _Trainer:
         return checkpoint
 
     def save(self) -> Path | str:
-        """Write a checkpoint; returns last.pt, or (nothing written) the key of a non-finite value."""
+        """Write a checkpoint; returns the ``last`` pointer, or (nothing written) the key of a non-finite value."""
         checkpoint = self._checkpoint()
         bad = None
         if checkpoint is not None:
@@ -224,11 +233,14 @@ class _Trainer:
         return self.rundir.checkpoints.last
 
     def resume(self) -> bool:
-        saved = self.rundir.checkpoints.read_last()
-        if saved is None:
+        found = self.rundir.checkpoints.latest(self.resume_from)
+        if found is None:
             return False
+        saved, self.resumed_path = found.checkpoint, found.path
+        if found.note and self.info.is_main and self.console is not None:
+            self.console.print(f"[yellow]train: {escape(found.note)}")
         if saved.ema is None or saved.optimizer is None or saved.scheduler is None or saved.rng is None:
-            raise CheckpointError(f"{self.rundir.checkpoints.last} holds weights but no training state "
+            raise CheckpointError(f"{found.path} holds weights but no training state "
                                   "(EMA, optimizer, scheduler, RNG); training cannot resume from it")
         train_state.restore_training_state(self.model, self.optimizer, saved, optim_model=self.optim_view)
         self.ema.load_state_dict(saved.ema)
@@ -242,7 +254,7 @@ class _Trainer:
         if old_rows != self.info.world_size * self.micro:   # re-express the data position in this layout
             p.batches_in_epoch = p.batches_in_epoch * old_rows // (self.info.world_size * self.micro)
         self.progress = p
-        self.last_good = (saved.step, self.rundir.checkpoints.step_file(saved.step))
+        self.last_good = (saved.step, found.path)
         if self.info.world_size == 1 and saved.world_size == 1:
             train_state.set_rng_state(saved.rng, self.device)
         return True
@@ -289,8 +301,10 @@ class _Trainer:
     def run(self) -> TrainResult:
         train, info = self.train, self.info
         resumed = self.resume()
+        if info.is_main:   # steps logged after the checkpoint we resume from are redone: drop them
+            self.rundir.trim_train_log(self.progress.step)
         if self.progress.step >= train.steps:
-            return TrainResult(self.rundir.checkpoints.last, self.progress.step, self.progress.loss, 0.0,
+            return TrainResult(self.resumed_path, self.progress.step, self.progress.loss, 0.0,
                                "already-done")
         if not resumed or info.world_size > 1:   # dropout etc.: a per-rank stream, reproducible from the step
             torch.manual_seed(micro_seed(self.c.recipe.seed, self.progress.step, 10_000 + info.rank))

@@ -22,13 +22,20 @@ from elfkit.recipe.schema import Recipe
 from elfkit.registry import default_registry
 
 
-def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
-    """Train (or resume, or skip if finished); returns the last checkpoint."""
+def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None,
+                resume_from: Path | None = None) -> Path:
+    """Train (or resume, or skip if finished) holding the run directory's lock; returns the last
+    checkpoint. ``resume_from`` picks the checkpoint file to resume from (default: the newest)."""
     console = console or Console(stderr=True)
     if recipe.distill is not None:
         raise RecipeError(f"recipe '{recipe.name}' has a `distill:` section: its rounds need the teacher, so run it "
                           "with `elfkit run` (docs/distillation.md)")
     run = RunDir(Path(run_dir))
+    with run.lock("train"):
+        return _train(recipe, run, console, resume_from)
+
+
+def _train(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | None) -> Path:
     resolved = run.write_recipe(recipe)
     fp = training_fingerprint(resolved)
     run.check_same_training(resolved)
@@ -40,7 +47,7 @@ def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -
     components = build_components(recipe, default_registry(recipe.plugins))
     splits = prepare_data(components, run, console)
     data = make_train_data(splits, components.embedder, cache_dir=data_cache_dir(recipe))
-    result = fit(components, data, run, console=console)
+    result = fit(components, data, run, console=console, resume_from=resume_from)
     if result.stopped == "diverged":
         raise TrainingDiverged(result.message)
     if result.stopped == "interrupted":

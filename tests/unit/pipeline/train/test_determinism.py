@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from elfkit.pipeline.checkpoint import Checkpoint
+from elfkit.pipeline.checkpoint import load_checkpoint
 from elfkit.pipeline.rundir import RunDir
 from elfkit.pipeline.train.determinism import cpu_model, deterministic_kernels, environment_facts
 from elfkit.pipeline.train.loop import fit
@@ -35,7 +35,7 @@ def test_deterministic_training_on_cpu_runs_and_matches_the_default(tmp_path) ->
     plain = fit(*make_components(steps=3, checkpoint_every=3), RunDir(tmp_path / "plain"))
     strict = fit(*make_components(steps=3, checkpoint_every=3, deterministic=True), RunDir(tmp_path / "strict"))
     assert not torch.are_deterministic_algorithms_enabled()      # restored after fit
-    a, b = Checkpoint.load(plain.checkpoint), Checkpoint.load(strict.checkpoint)
+    a, b = load_checkpoint(plain.checkpoint), load_checkpoint(strict.checkpoint)
     assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
     assert read_log(tmp_path / "strict")[0]["environment"]["deterministic_algorithms"] is True
     assert read_log(tmp_path / "plain")[0]["environment"]["deterministic_algorithms"] is False
