@@ -85,6 +85,10 @@ class MuonSection(BaseModel):
     ns_dtype: Literal["fp32", "bf16"] = "fp32"
     """Precision of the reference implementation's Newton–Schulz iterations: 'fp32' as optax
     (ELF); 'bf16' as Keller Jordan's original Muon, ~3× faster on CPUs with bf16 matmuls."""
+    ns_method: Literal["direct", "gram"] = "direct"
+    """'direct': the five steps on the matrix itself, as optax (ELF). 'gram': the same polynomial
+    through the r×r Gram matrix for matrices whose long side is ≥ 2× the short one (the
+    unembedding): ~5× fewer FLOPs there, different rounding (docs/optimisation.md)."""
 
 
 class TrainSection(BaseModel):
