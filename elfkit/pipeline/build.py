@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from elfkit.components.targets import Target
@@ -49,7 +50,17 @@ def build_components(recipe: Recipe, registry: Registry, *, with_dataset: bool =
 
     Sequence length: the dataset config's ``max_length``. The unembedding tie is made here,
     so training, :func:`~elfkit.pipeline.trained.load_trained` (sampling) and export all get it.
+
+    Every initial weight is drawn from ``recipe.seed``: the components are built under a torch
+    RNG seeded with it and forked from the process's, so the same recipe gives the same initial
+    model in any process, whatever ran before, and the caller's RNG stream is left as it was.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        return _build(recipe, registry, with_dataset=with_dataset)
+
+
+def _build(recipe: Recipe, registry: Registry, *, with_dataset: bool) -> Components:
     embedder = registry.build("embedder", recipe.embedder.name, recipe.embedder.config)
     dataset = registry.build("dataset", recipe.data.name, recipe.data.config) if with_dataset else None
     backbone_cfg = recipe.backbone.config

@@ -99,6 +99,15 @@ def read_references(path: Path, limit: int | None = None) -> list[str]:
     return texts[:limit] if limit else texts
 
 
+def require_text(samples: Sequence[SampleRecord], path: Path) -> None:
+    """Refuse a sample set in which every text is empty: there is nothing to score, and it is
+    the mark of a broken (usually diverged) model rather than a result."""
+    if samples and not any(s.text.strip() for s in samples):
+        raise DataError(f"all {len(samples)} samples in {path} are empty: the model generates only end-of-text "
+                        "or padding tokens, which usually means training diverged or was far too short (see "
+                        "train_log.jsonl and the report's Training section); no metrics are reported")
+
+
 def write_metrics(rows: Sequence[MetricRow], path: Path) -> Path:
     atomic_write_text(Path(path), json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
     return Path(path)
@@ -252,8 +261,10 @@ def evaluate_stage(samples_path: Path, run_dir: Path, recipe: Recipe, registry: 
         return run.metrics
     if not recipe.eval.evaluators:
         log.warning("recipe %s lists no eval.evaluators: metrics.json will be empty", recipe.name)
+    samples = read_samples(samples_path)
+    require_text(samples, samples_path)
     evaluators = build_evaluators(recipe.eval.evaluators, registry)
-    rows = evaluate_samples(read_samples(samples_path), evaluators)
+    rows = evaluate_samples(samples, evaluators)
     if use_refs:
         texts = read_references(run.references, recipe.eval.num_references)
         key = fingerprint([fp, hashlib.sha256("\x00".join(texts).encode()).hexdigest()])

@@ -1,6 +1,8 @@
 """``elfkit run``: every stage of a run in order, in one run directory.
 
-prepare data → train → sample → evaluate → report. Each stage records a fingerprint of the
+prepare data → train → sample → evaluate → report. A diverged training stops the run (exit
+code ≠ 0) after writing a report of its training; a model whose samples are all empty stops
+it before evaluation: neither gets metrics. Each stage records a fingerprint of the
 settings it used (``stages.json``), so rerunning skips finished stages, resumes an interrupted
 training from its last checkpoint, and redoes only the stages whose settings changed (a new
 sampler re-samples and re-evaluates without retraining).
@@ -15,10 +17,11 @@ from rich.console import Console
 
 from elfkit.pipeline.distill.compare import compare, write_distill_report
 from elfkit.pipeline.distill.stage import distill_stage
-from elfkit.pipeline.evaluate import evaluate_stage
+from elfkit.pipeline.evaluate import evaluate_stage, read_samples, require_text
 from elfkit.pipeline.report.document import write_report
 from elfkit.pipeline.rundir import RunDir
 from elfkit.pipeline.sample import sample_stage
+from elfkit.pipeline.train.guard import TrainingDiverged
 from elfkit.pipeline.train.stage import train_stage
 from elfkit.recipe.schema import Recipe
 from elfkit.registry import default_registry
@@ -39,10 +42,16 @@ def _run(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | None
     console.rule(f"[bold]{recipe.name}[/] → {run.root}")
     if recipe.distill is not None:   # progressive distillation: rounds, then teacher vs student
         return _distill(recipe, run, console)
-    ckpt = train_stage(recipe, run.root, console, resume_from=resume_from)
+    try:
+        ckpt = train_stage(recipe, run.root, console, resume_from=resume_from)
+    except TrainingDiverged:
+        if int(os.environ.get("RANK", "0")) == 0:   # the report shows how it diverged; no samples, no metrics
+            write_report(run.root)
+        raise
     if int(os.environ.get("RANK", "0")) != 0:   # under torchrun: rank 0 samples, evaluates, reports
         return run.report
     sample_stage(ckpt, run.root, recipe, console)
+    require_text(read_samples(run.samples), run.samples)
     if recipe.eval.evaluators:
         with console.status("evaluating"):
             evaluate_stage(run.samples, run.root, recipe, default_registry(recipe.plugins))

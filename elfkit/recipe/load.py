@@ -58,6 +58,27 @@ def _line_index(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = Non
     return out
 
 
+def duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> list[tuple[Loc, int, int]]:
+    """Every key written twice in one mapping, anywhere in the document: (dotted location, line
+    of the first, line of the repeat). YAML's loaders keep the later value silently; a recipe
+    must not (the earlier line would look like it applies). Merge keys (``<<``) may override."""
+    out: list[tuple[Loc, int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for k, v in node.value:
+            key_loc = loc + (k.value,)
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                if k.value in seen:
+                    out.append((key_loc, seen[k.value], k.start_mark.line + 1))
+                else:
+                    seen[k.value] = k.start_mark.line + 1
+            out += duplicate_keys(v, key_loc)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += duplicate_keys(v, loc + (i,))
+    return out
+
+
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
     path = Path(path)
     if not path.is_file():
@@ -70,6 +91,10 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RecipeError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    dups = duplicate_keys(node)
+    if dups:
+        raise RecipeError("\n".join(f"{path}:{again}: {'.'.join(map(str, loc))}: duplicate key (first set on line "
+                                    f"{first}); keep one" for loc, first, again in dups))
     if data is None:
         raise RecipeError(f"{path}: the recipe is empty")
     if not isinstance(data, dict):
@@ -182,6 +207,8 @@ def _format_errors(exc: ValidationError, source: str, lines: dict[Loc, int], pre
             msg = f"unknown key '{loc[-1]}'. Allowed here: {', '.join(valid)}."
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] == "int_type" and isinstance(err.get("input"), bool):
+            msg = f"expects a whole number, got {str(err['input']).lower()} (a boolean is not a count)"
         else:
             msg = f"{msg} (got {err.get('input')!r})"
         msgs.append(f"{where}: {dotted}: {msg}{hint}")

@@ -78,8 +78,8 @@ class PathSection(BaseModel):
 
 class MuonSection(BaseModel):
     model_config = STRICT
-    momentum: float = Field(default=0.95, ge=0, lt=1)
-    ns_steps: int = Field(default=5, ge=1)
+    momentum: float = Field(default=0.95, ge=0, lt=1, allow_inf_nan=False)
+    ns_steps: int = Field(default=5, ge=1, strict=True)
     implementation: Literal["reference", "torch"] = "reference"
     """'reference': optax-style Muon as ELF trains it (bias-corrected Nesterov, √max(1,out/in)
     scaling). 'torch': torch.optim.Muon (differs: see docs/optimisation.md)."""
@@ -94,41 +94,63 @@ class MuonSection(BaseModel):
 
 class TrainSection(BaseModel):
     model_config = STRICT
-    steps: int = Field(default=1000, gt=0)
+    steps: int = Field(default=1000, gt=0, strict=True)
     """Optimiser steps."""
-    batch_size: int = Field(default=32, gt=0)
+    batch_size: int = Field(default=32, gt=0, strict=True)
     """Global batch (all ranks, one accumulation step counts once)."""
-    grad_accum: int = Field(default=1, ge=1)
+    grad_accum: int = Field(default=1, ge=1, strict=True)
     """Micro-steps per optimiser step; the LR uses blr·batch_size·grad_accum/256."""
-    blr: float = Field(default=1e-3, gt=0)
+    blr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
     """Base LR; the LR is blr·batch_size·grad_accum/256 (ELF: 1e-3 → 2e-3 at 512)."""
-    lr: float | None = Field(default=None, gt=0)
+    lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Explicit LR (overrides the blr rule)."""
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, strict=True)
     """Linear warmup from 0, then constant (ELF)."""
     optimizer: Literal["muon", "adamw"] = "muon"
     """'muon': Muon on 2-D params + Nesterov-Adam on the rest (ELF). 'adamw': AdamW on all."""
     muon: MuonSection = MuonSection()
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = Field(default=1e-8, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    clip_grad: float | None = Field(default=1.0, gt=0)
+    adam_eps: float = Field(default=1e-8, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    clip_grad: float | None = Field(default=1.0, gt=0, allow_inf_nan=False)
     """Global-norm clip (None = off)."""
-    ema_decay: float = Field(default=0.9999, ge=0, lt=1)
+    ema_decay: float = Field(default=0.9999, ge=0, lt=1, allow_inf_nan=False)
     """EMA of the weights, used for sampling when sample.use_ema."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """'bf16': autocast for the blocks; heads, norms and losses stay fp32 (reference)."""
     compile: bool = False
     activation_checkpointing: bool = False
-    checkpoint_every: int = Field(default=200, gt=0)
+    checkpoint_every: int = Field(default=200, gt=0, strict=True)
     """Steps between checkpoints (also written at the end and on Ctrl-C)."""
-    keep_checkpoints: int = Field(default=2, ge=1)
-    log_every: int = Field(default=10, gt=0)
-    max_minutes: float | None = Field(default=None, gt=0)
+    keep_checkpoints: int = Field(default=2, ge=1, strict=True)
+    log_every: int = Field(default=10, gt=0, strict=True)
+    max_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Wall-time budget: when reached, training ends with a checkpoint and the run moves on to
     sampling (the step reached is recorded in stages.json and the report)."""
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
     """Under torchrun: DDP ('auto' for B-size models) or FSDP2 fully_shard."""
+    max_bad_steps: int = Field(default=3, ge=1, strict=True)
+    """Consecutive steps with a non-finite loss or gradient norm (each is skipped: no optimiser,
+    EMA or scheduler update) after which the run stops as diverged."""
+    spike_factor: float | None = Field(default=5.0, gt=1, allow_inf_nan=False)
+    """A loss above this × the median of the last `spike_window` healthy losses is a spike
+    (a warning in the log and report). None = no spike detection."""
+    spike_window: int = Field(default=50, ge=1, strict=True)
+    max_spike_steps: int | None = Field(default=50, ge=1, strict=True)
+    """Consecutive spiking steps after which the run stops as diverged (None = only warn)."""
+    log_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(default_factory=lambda: ["jsonl"])
+    """Where training metrics go: train_log.jsonl (always: the report reads it), TensorBoard
+    event files (`pip install 'elfkit[tracking]'`) and offline W&B, both inside the run directory."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms(True): on CUDA, kernels without a deterministic version
+    raise instead of running (see docs/reproducibility.md). CPU training is deterministic without it."""
+
+    @model_validator(mode="after")
+    def _jsonl_always(self) -> TrainSection:
+        if "jsonl" not in self.log_to:
+            raise ValueError("train.log_to must include 'jsonl': the report reads train_log.jsonl "
+                             f"(got {self.log_to})")
+        return self
 
 
 class SampleSection(BaseModel):
@@ -137,8 +159,8 @@ class SampleSection(BaseModel):
     grid: ComponentRef | None = None
     """Time component giving the grid; None = the recipe's training `time` (ELF)."""
     guidance: ComponentRef = Field(default_factory=lambda: default_ref("self-cond", SelfCondConfig))
-    num_samples: int = Field(default=64, gt=0)
-    batch_size: int = Field(default=32, gt=0)
+    num_samples: int = Field(default=64, gt=0, strict=True)
+    batch_size: int = Field(default=32, gt=0, strict=True)
     use_ema: bool = True
     seeds: list[int] = Field(default_factory=lambda: [0])
     """One sample set per seed; metrics are reported as mean ± standard error."""
@@ -149,7 +171,7 @@ class EvalSection(BaseModel):
     evaluators: list[ComponentRef] = Field(default_factory=list)
     references: bool = True
     """Also score held-out real text and a token-shuffled copy of it, as reference rows."""
-    num_references: int = Field(default=64, gt=0)
+    num_references: int = Field(default=64, gt=0, strict=True)
 
 
 class SweepSection(BaseModel):
@@ -233,7 +255,8 @@ class Recipe(BaseModel):
     model_config = STRICT
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, strict=True)
+    """Seeds everything random: initial weights, data order, training noise (sampling has sample.seeds)."""
     plugins: list[str] = Field(default_factory=list)
     """One-file plugins (paths relative to the recipe file) loaded before validation."""
     provenance: list[PluginProvenance] = Field(default_factory=list)

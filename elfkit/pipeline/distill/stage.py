@@ -33,6 +33,7 @@ from elfkit.pipeline.distill.teacher import Teacher, check_source, load_teacher
 from elfkit.pipeline.prepare import data_cache_dir, prepare_data
 from elfkit.pipeline.rundir import RunDir, fingerprint
 from elfkit.pipeline.train.data import make_train_data
+from elfkit.pipeline.train.guard import TrainingDiverged
 from elfkit.pipeline.train.loop import fit
 from elfkit.recipe.load import apply_overrides, resolved_dict, validate_recipe
 from elfkit.recipe.schema import DistillRound, DistillSection, Recipe
@@ -137,6 +138,8 @@ def distill_stage(recipe: Recipe, run_dir: Path, console: Console | None = None)
         result = fit(student, data, r_run, console=console)
         if result.stopped == "interrupted":
             raise KeyboardInterrupt
+        if result.stopped == "diverged":
+            raise TrainingDiverged(f"{title}: {result.message}")
         if result.stopped not in ("completed", "already-done", "time-limit"):
             raise ElfkitError(f"{title} stopped early ({result.stopped}) at step {result.steps}; "
                               "rerun the same command to continue")

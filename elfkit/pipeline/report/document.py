@@ -156,15 +156,59 @@ def _logged(e: dict[str, Any], key: str) -> float | None:
     return v
 
 
+FINISH_EVENTS = ("completed", "time-limit", "interrupted", "diverged")
+
+
+def _run_summary(records: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
+    """Rows (steps, wall time, tokens/s, skipped steps, spikes) summed over the invocations of
+    a resumed run, and warning lines for spikes, skipped steps and a divergence."""
+    finished = [e for e in records if e.get("event") in FINISH_EVENTS and "wall_s" in e]
+    rows: list[list[str]] = []
+    if finished:
+        wall = sum(_numeric(e, "wall_s") or 0.0 for e in finished)
+        tokens = sum(_numeric(e, "tokens") or 0.0 for e in finished)
+        steps = sum(_numeric(e, "steps_done") or 0.0 for e in finished)
+        rows += [["steps done", f"{steps:g} (ended: {finished[-1]['event']})"], ["wall time", f"{wall:,.1f} s"],
+                 ["tokens/s", f"{tokens / wall:,.0f}" if wall > 0 else "—"],
+                 ["skipped steps (non-finite)", f"{sum(_numeric(e, 'skipped_steps') or 0 for e in finished):g}"],
+                 ["loss-spike steps", f"{sum(_numeric(e, 'spike_steps') or 0 for e in finished):g}"]]
+    env = next((e["environment"] for e in reversed(records) if isinstance(e.get("environment"), dict)), None)
+    if env is not None:
+        where = env.get("gpu") or env.get("cpu", "?")
+        flag = "on" if env.get("deterministic_algorithms") else "off"
+        rows.append(["environment", f"torch {env.get('torch', '?')}, {env.get('device', '?')} ({where}), "
+                                    f"{env.get('threads', '?')} threads, {env.get('world_size', 1)} process(es), "
+                                    f"deterministic algorithms {flag}"])
+    warnings = []
+    for e in records:
+        if e.get("event") == "spike":
+            loss, median, factor = (_numeric(e, k) for k in ("loss", "median", "factor"))
+            if loss is not None and median is not None:
+                warnings.append(f"- **Loss spike** at step {e.get('step')}: {loss:.4g}, more than "
+                                f"{factor or 0:g}× its running median {median:.4g}.")
+        elif e.get("event") == "diverged":
+            good = e.get("last_good_checkpoint")
+            warnings.append(f"- **Diverged** at step {e.get('step')}: {e.get('reason')}."
+                            + (f" Last good checkpoint: `{good}`." if good else ""))
+    skipped = [e.get("step") for e in records if e.get("event") == "skip"]
+    if skipped:
+        shown = ", ".join(str(s) for s in skipped[:10]) + (" …" if len(skipped) > 10 else "")
+        warnings.insert(0, f"- **Skipped steps** (non-finite loss or gradient norm, no update): {shown}.")
+    return rows, warnings
+
+
 def _training_section(run: RunDir) -> list[str]:
-    entries = [e for e in read_log(run.root) if "event" not in e or "loss" in e]
-    if not entries:
+    records = read_log(run.root)
+    entries = [e for e in records if "event" not in e]   # step records; events are summarised below
+    run_rows, warnings = _run_summary(records)
+    if not entries and not run_rows and not warnings:
         return []
     keys: list[str] = []
     for e in entries:
         keys += [k for k in e if k not in keys and k not in NOT_SUMMARISED and _numeric(e, k) is not None]
     last_step = next((s for e in reversed(entries) if (s := _numeric(e, "step")) is not None), None)
-    summary = [["log lines", str(len(entries))], ["last step", f"{last_step:g}" if last_step is not None else "—"]]
+    summary = [*run_rows, ["log lines", str(len(entries))],
+               ["last step", f"{last_step:g}" if last_step is not None else "—"]]
     loss_keys = [k for k in keys if "loss" in k or k in LOSS_KEYS]
     for k in keys:
         vals = [v for e in entries if (v := _logged(e, k)) is not None]
@@ -175,6 +219,8 @@ def _training_section(run: RunDir) -> list[str]:
         else:
             summary.append([k, f"last {vals[-1]:.4g}"])
     out = ["## Training", "", md_table(["", "value"], summary)]
+    if warnings:
+        out += ["", "Warnings:", "", *warnings]
     xs = [s if (s := _numeric(e, "step")) is not None else float(i) for i, e in enumerate(entries)]
     series = {}
     for k in loss_keys:

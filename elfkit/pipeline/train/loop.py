@@ -12,6 +12,11 @@ resumes from the run directory's newest checkpoint (``CheckpointDir.latest``: wh
 names, or the newest intact step file if ``last`` is missing; ``resume_from`` picks one); a
 finished run returns immediately. Log records past the resumed step are dropped, so the log
 never repeats a step.
+
+The divergence guard (:mod:`.guard`) watches every step: a non-finite loss or gradient norm
+skips the update, too many in a row or a loss that stays far above its running median stop
+the run as 'diverged' without saving, and a checkpoint holding a non-finite value is never
+written. Periodic checkpoints wait while the loss is spiking, so the last one stays good.
 """
 
 from __future__ import annotations
@@ -40,9 +45,12 @@ from elfkit.pipeline.checkpoint import Checkpoint
 from elfkit.pipeline.rundir import RunDir
 from elfkit.pipeline.train import distributed as dist_utils
 from elfkit.pipeline.train import state as train_state
+from elfkit.pipeline.train.determinism import deterministic_kernels, environment_facts
 from elfkit.pipeline.train.ema import EMA
+from elfkit.pipeline.train.guard import DivergenceGuard, Verdict, divergence_advice, first_non_finite
 from elfkit.pipeline.train.monitor import Monitor
 from elfkit.pipeline.train.optimizers import build_optimizer, build_scheduler, clip_grad_norm, resolve_lr
+from elfkit.pipeline.train.tracking import open_trackers
 from elfkit.recipe.load import resolved_dict
 from elfkit.records import Batch
 
@@ -54,14 +62,20 @@ if TYPE_CHECKING:
 class TrainResult:
     """``checkpoint``: the ``checkpoints/last`` pointer or the file resumed from (None if nothing
     was saved); ``steps``: optimiser steps done in total; ``final_loss``: mean loss of the last
-    step; ``tokens_per_s``: global throughput of this invocation; ``stopped``: 'completed',
-    'already-done', 'interrupted' or 'time-limit'."""
+    healthy step; ``tokens_per_s``: global throughput of this invocation; ``stopped``: 'completed',
+    'already-done', 'interrupted', 'time-limit' or 'diverged' (then ``message`` says why, where
+    the last good checkpoint is and what to try); ``wall_s``, ``skipped_steps`` (non-finite, not
+    applied) and ``spike_steps``: this invocation's."""
 
     checkpoint: Path | None
     steps: int
     final_loss: float | None
     tokens_per_s: float
     stopped: str
+    wall_s: float = 0.0
+    skipped_steps: int = 0
+    spike_steps: int = 0
+    message: str = ""
 
 
 def micro_seed(seed: int, step: int, micro_index: int) -> int:
@@ -123,7 +137,8 @@ def fit(components: Components, data: TrainData, run: RunDir, *, console: Consol
     checkpoint file ``resume_from``) if possible."""
     info = dist_utils.setup()
     try:
-        return _Trainer(components, data, run, info, console, resume_from).run()
+        with deterministic_kernels(components.recipe.train.deterministic):
+            return _Trainer(components, data, run, info, console, resume_from).run()
     finally:
         dist_utils.teardown(info)
 
@@ -178,6 +193,9 @@ class _Trainer:
         self.embedder_ema = EMA(self.own_embedder, self.train.ema_decay) if self.own_embedder is not None else None
         self.progress = train_state.Progress()
         self.generator = torch.Generator(device=self.device)
+        self.guard = DivergenceGuard(self.train.max_bad_steps, self.train.spike_factor, self.train.spike_window,
+                                     self.train.max_spike_steps)
+        self.last_good: tuple[int, Path] | None = None   # (step, file) of the newest checkpoint written or resumed
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> Checkpoint | None:
@@ -198,11 +216,20 @@ class _Trainer:
             checkpoint.embedder_ema = self.embedder_ema.state_dict(self.own_embedder)
         return checkpoint
 
-    def save(self) -> Path:
+    def save(self) -> Path | str:
+        """Write a checkpoint; returns the ``last`` pointer, or (nothing written) the key of a non-finite value."""
         checkpoint = self._checkpoint()
+        bad = None
         if checkpoint is not None:
-            self.rundir.checkpoints.write(checkpoint, self.train.keep_checkpoints)
+            bad = first_non_finite({"model": checkpoint.model, "ema": checkpoint.ema,
+                                    "optimizer": checkpoint.optimizer, "embedder": checkpoint.embedder,
+                                    "embedder_ema": checkpoint.embedder_ema})
+            if bad is None:
+                self.rundir.checkpoints.write(checkpoint, self.train.keep_checkpoints)
+                self.last_good = (checkpoint.step, self.rundir.checkpoints.step_file(checkpoint.step))
         dist_utils.barrier(self.info)
+        if dist_utils.any_rank(bad is not None, self.info):
+            return bad or "a tensor on another rank"
         return self.rundir.checkpoints.last
 
     def resume(self) -> bool:
@@ -227,12 +254,14 @@ class _Trainer:
         if old_rows != self.info.world_size * self.micro:   # re-express the data position in this layout
             p.batches_in_epoch = p.batches_in_epoch * old_rows // (self.info.world_size * self.micro)
         self.progress = p
+        self.last_good = (saved.step, found.path)
         if self.info.world_size == 1 and saved.world_size == 1:
             train_state.set_rng_state(saved.rng, self.device)
         return True
 
     # ------------------------------------------------------------------ one optimiser step
-    def _step(self, stream: Iterator[Batch]) -> tuple[dict[str, float], int]:
+    def _step(self, stream: Iterator[Batch]) -> tuple[dict[str, float], int, Verdict]:
+        """One optimiser step, unless the guard rejects it (then no optimiser, scheduler or EMA update)."""
         c, train, info = self.c, self.train, self.info
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
@@ -255,15 +284,18 @@ class _Trainer:
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        logs["grad_norm"] = float(clip_grad_norm(params, train.clip_grad))
+        logs["grad_norm"] = float(clip_grad_norm(params, train.clip_grad))   # global: equal on every rank
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.ema.update(self.raw)
-        if self.own_embedder is not None and self.embedder_ema is not None:
-            self.embedder_ema.update(self.own_embedder)
+        loss = dist_utils.mean_across([logs["loss"]], info)[0]              # NaN on any rank → NaN
+        verdict = self.guard.observe(self.progress.step + 1, loss, logs["grad_norm"])
+        if verdict.kind in ("ok", "spike"):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.ema.update(self.raw)
+            if self.own_embedder is not None and self.embedder_ema is not None:
+                self.embedder_ema.update(self.own_embedder)
         self.progress.step += 1
-        return logs, tokens * info.world_size
+        return logs, tokens * info.world_size, verdict
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
@@ -278,28 +310,37 @@ class _Trainer:
             torch.manual_seed(micro_seed(self.c.recipe.seed, self.progress.step, 10_000 + info.rank))
         self.raw.train(True)
         stream = _stream(self.data, self.progress, batch_size=self.micro, seed=self.c.recipe.seed, info=info)
+        trackers = open_trackers(train.log_to, self.rundir.root, resolved_dict(self.c.recipe), enabled=info.is_main)
         monitor = Monitor(self.rundir.train_log, train.steps, self.progress.step, enabled=info.is_main,
-                          console=self.console)
+                          console=self.console, trackers=trackers)
         if info.is_main:
             monitor.log({"event": "resume" if resumed else "start", "step": self.progress.step,
-                         "lr": resolve_lr(train), "world_size": info.world_size, "micro_batch": self.micro})
+                         "lr": resolve_lr(train), "world_size": info.world_size, "micro_batch": self.micro,
+                         "environment": environment_facts(self.device, info.world_size)})
         start = last_log = time.perf_counter()
+        start_step = self.progress.step
         tokens_total = tokens_window = 0
-        stopped, last_ckpt = "completed", None
+        stopped, last_ckpt, diverged = "completed", None, ""
+        ckpt_pending = False
         try:
             with _StopFlag() as flag:
                 while self.progress.step < train.steps:
-                    logs, tokens = self._step(stream)
+                    logs, tokens, verdict = self._step(stream)
                     tokens_total += tokens
                     tokens_window += tokens
-                    self.progress.loss = logs["loss"]
+                    step = self.progress.step
+                    if verdict.kind == "stop":
+                        stopped, diverged = "diverged", verdict.reason
+                        break
+                    self._report_verdict(monitor, step, logs, verdict)
+                    if verdict.kind != "skip":
+                        self.progress.loss = logs["loss"]
                     now = time.perf_counter()
                     reason = flag.reason
                     if reason is None and train.max_minutes is not None and now - start > 60 * train.max_minutes:
                         reason = "time-limit"
                     stop = dist_utils.any_rank(reason is not None, info)
-                    step = self.progress.step
-                    if step % train.log_every == 0 or step == train.steps or stop:
+                    if verdict.kind != "skip" and (step % train.log_every == 0 or step == train.steps or stop):
                         vals = dist_utils.mean_across(list(logs.values()), info)
                         logs = dict(zip(logs, vals, strict=True))
                         tps = tokens_window / max(now - last_log, 1e-9)
@@ -309,16 +350,60 @@ class _Trainer:
                         monitor.update(step, logs["loss"], tps)
                         last_log, tokens_window = now, 0
                     else:
-                        monitor.update(step, None if math.isnan(logs["loss"]) else logs["loss"], None)
-                    if stop or step % train.checkpoint_every == 0 or step == train.steps:
-                        last_ckpt = self.save()
+                        monitor.update(step, self.progress.loss, None)
+                    # a periodic checkpoint waits while the loss is spiking or steps are skipped
+                    ckpt_pending = ckpt_pending or step % train.checkpoint_every == 0
+                    if stop or step == train.steps or (ckpt_pending and not self.guard.spiking):
+                        saved = self.save()
+                        ckpt_pending = False
+                        if isinstance(saved, str):
+                            stopped = "diverged"
+                            diverged = f"the weights hold a non-finite value ({saved}); that checkpoint was not written"
+                            break
+                        last_ckpt = saved
                     if stop:
                         stopped = reason or "interrupted"
                         break
+            elapsed = time.perf_counter() - start
+            message = self._diverged_message(self.progress.step, diverged) if diverged else ""
+            result = TrainResult(last_ckpt, self.progress.step, self.progress.loss,
+                                 tokens_total / max(elapsed, 1e-9), stopped, wall_s=elapsed,
+                                 skipped_steps=self.guard.bad_steps, spike_steps=self.guard.spike_steps,
+                                 message=message)
+            monitor.log({"event": stopped, "step": self.progress.step, "steps_done": self.progress.step - start_step,
+                         "wall_s": round(elapsed, 3), "tokens": tokens_total, "tokens_per_s": result.tokens_per_s,
+                         "skipped_steps": self.guard.bad_steps, "spike_steps": self.guard.spike_steps,
+                         **({"reason": diverged, "last_good_checkpoint": str(self.last_good[1]) if self.last_good
+                             else None} if diverged else {})})
         finally:
             monitor.close()
-        elapsed = time.perf_counter() - start
-        if info.is_main:
-            monitor.log({"event": stopped, "step": self.progress.step})
-        return TrainResult(last_ckpt, self.progress.step, self.progress.loss, tokens_total / max(elapsed, 1e-9),
-                           stopped)
+        return result
+
+    def _report_verdict(self, monitor: Monitor, step: int, logs: dict[str, float], verdict: Verdict) -> None:
+        """A skipped step and the first step of each spike: a train_log event and a console warning."""
+        loss, norm = logs["loss"], logs["grad_norm"]
+        if verdict.kind == "skip":
+            monitor.log({"event": "skip", "step": step, "loss": _json_float(loss), "grad_norm": _json_float(norm)})
+            monitor.warn(f"step {step}: non-finite loss {loss} or gradient norm {norm}; step skipped (no update), "
+                         f"{self.guard.consecutive_bad}/{self.train.max_bad_steps} in a row")
+        elif verdict.kind == "spike" and self.guard.consecutive_spikes == 1 and verdict.median is not None:
+            monitor.log({"event": "spike", "step": step, "loss": loss, "median": verdict.median,
+                         "factor": self.train.spike_factor})
+            monitor.warn(f"step {step}: loss spike {loss:.4g} is {loss / verdict.median:.1f}× its running median "
+                         f"{verdict.median:.4g} (train.spike_factor {self.train.spike_factor:g}); the run is "
+                         "diverging if it stays there")
+
+    def _diverged_message(self, step: int, reason: str) -> str:
+        train = self.train
+        if self.last_good is not None:
+            good = f"The last good checkpoint is {self.last_good[1]} (step {self.last_good[0]}), kept intact."
+        else:
+            good = f"No checkpoint was written before it (train.checkpoint_every: {train.checkpoint_every})."
+        return (f"training diverged at step {step}: {reason}. {good} "
+                + divergence_advice(resolve_lr(train), train.clip_grad, train.precision, train.warmup_steps)
+                + " Run the changed recipe with a new --out directory.")
+
+
+def _json_float(value: float) -> float | str:
+    """A float as JSON allows it: NaN and ±inf as the strings 'nan', 'inf', '-inf'."""
+    return value if math.isfinite(value) else str(value)

@@ -1,7 +1,8 @@
 """What a run shows and records: a rich progress bar on stderr and ``train_log.jsonl``.
 
 Both exist on rank 0 only; other ranks get a no-op monitor. :func:`read_log` is the one
-reader of the log (the tests and the report use it).
+reader of the log (the tests and the report use it). Step records also go, as scalars, to the
+experiment trackers the recipe asks for (:mod:`.tracking`).
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from elfkit.pipeline.rundir import RunDir
+from elfkit.pipeline.train.tracking import Tracker
 
 
 class Monitor:
     """Progress bar (step, loss, tokens/s, ETA) plus a JSON-lines metrics log."""
 
     def __init__(self, log_path: Path, total_steps: int, start_step: int, *, enabled: bool,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, trackers: list[Tracker] | None = None) -> None:
         self.enabled = enabled
         self.log_path = Path(log_path)
         self._progress: Progress | None = None
+        self._trackers = trackers or []
         if not enabled:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        console = console or Console(stderr=True)
+        console = self._console = console or Console(stderr=True)
         self._progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
@@ -50,11 +53,26 @@ class Monitor:
         record = {"time": round(time.time(), 3), **record}
         with self.log_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        step = record.get("step")
+        if self._trackers and isinstance(step, int):
+            prefix = f"{record['event']}/" if "event" in record else "train/"
+            scalars = {prefix + k: float(v) for k, v in record.items()
+                       if k not in ("step", "time") and isinstance(v, int | float) and not isinstance(v, bool)}
+            for tracker in self._trackers:
+                tracker.log(step, scalars)
+
+    def warn(self, message: str) -> None:
+        """A warning on the console (above the progress bar)."""
+        if self.enabled:
+            self._console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from elfkit.pipeline.build import build_components
 from elfkit.pipeline.prepare import data_cache_dir, prepare_data
 from elfkit.pipeline.rundir import RunDir, training_fingerprint
 from elfkit.pipeline.train.data import make_train_data
+from elfkit.pipeline.train.guard import TrainingDiverged
 from elfkit.pipeline.train.loop import fit
 from elfkit.recipe.schema import Recipe
 from elfkit.registry import default_registry
@@ -47,6 +48,8 @@ def _train(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | No
     splits = prepare_data(components, run, console)
     data = make_train_data(splits, components.embedder, cache_dir=data_cache_dir(recipe))
     result = fit(components, data, run, console=console, resume_from=resume_from)
+    if result.stopped == "diverged":
+        raise TrainingDiverged(result.message)
     if result.stopped == "interrupted":
         raise KeyboardInterrupt
     if result.stopped == "time-limit":   # a budgeted run: the budget is part of the recipe
@@ -57,6 +60,10 @@ def _train(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | No
                           "rerun the same command to continue")
     if result.checkpoint is None:
         raise CheckpointError(f"training finished but wrote no checkpoint in {run.checkpoints.path}")
+    if result.spike_steps:
+        console.print(f"[yellow]train: the loss spiked above {recipe.train.spike_factor:g}× its running median "
+                      f"on {result.spike_steps} step(s); see train_log.jsonl and the report")
     run.mark_done("train", fp, checkpoint=str(result.checkpoint), steps=result.steps,
-                  final_loss=result.final_loss, tokens_per_s=result.tokens_per_s)
+                  final_loss=result.final_loss, tokens_per_s=result.tokens_per_s, wall_s=round(result.wall_s, 2),
+                  skipped_steps=result.skipped_steps, spike_steps=result.spike_steps)
     return result.checkpoint

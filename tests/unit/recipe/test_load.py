@@ -6,9 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from elfkit.errors import RecipeError
-from elfkit.recipe.load import apply_overrides, load_recipe, resolved_dict
+from elfkit.recipe.load import apply_overrides, duplicate_keys, load_recipe, resolved_dict
 from elfkit.registry import build_registry
 from tests.fixtures import fake_components
 
@@ -140,3 +141,50 @@ def test_schema_defaults_come_from_the_components(tmp_path):
     assert d["objective"] == {"name": "elf", **ElfObjectiveConfig().model_dump()}
     assert PathSection().flow_path() == FlowPath() == FlowPath(noise_scale=2.0, t_eps=0.05, t_min=0.05)
     assert SampleSection().sampler.params == SdeConfig().model_dump()
+
+
+# ---------------------------------------------------------------------------- bad numbers, duplicate keys
+@pytest.mark.parametrize("line, needle", [
+    ("  lr: .inf", "r.yaml:11: train.lr: Input should be a finite number (got inf)"),
+    ("  lr: .nan", "r.yaml:11: train.lr: Input should be a finite number"),
+    ("  lr: -.inf", "r.yaml:11: train.lr: Input should be a finite number"),
+    ("  lr: 0", "r.yaml:11: train.lr: Input should be greater than 0 (got 0)"),
+    ("  blr: .inf", "r.yaml:11: train.blr: Input should be a finite number (got inf)"),
+    ("  blr: -1.0e-3", "r.yaml:11: train.blr: Input should be greater than 0"),
+    ("  checkpoint_every: true", "r.yaml:11: train.checkpoint_every: expects a whole number, got true"),
+])
+def test_non_finite_or_non_positive_lr_and_boolean_counts_name_file_line_and_key(tmp_path, registry, line, needle):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, GOOD + line + "\n"), registry=registry)
+    assert needle in str(e.value)
+
+
+def test_a_boolean_is_not_a_step_count(tmp_path, registry):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, GOOD.replace("steps: 10", "steps: true")), registry=registry)
+    assert str(e.value) == (f"{tmp_path / 'r.yaml'}:10: train.steps: expects a whole number, got true "
+                            "(a boolean is not a count)")
+    with pytest.raises(RecipeError, match="train.steps: expects a whole number, got false"):
+        load_recipe(write(tmp_path, GOOD), ["train.steps=false"], registry=registry)
+    with pytest.raises(RecipeError, match="seed"):
+        load_recipe(write(tmp_path, GOOD + "seed: true\n"), registry=registry)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("train:\n  steps: 5\n", "r.yaml:11: train: duplicate key (first set on line 9); keep one"),
+    ("  steps: 20\n", "r.yaml:11: train.steps: duplicate key (first set on line 10); keep one"),
+    ("sweep:\n  grid:\n    train.steps: [1]\n    train.steps: [2]\n",
+     "r.yaml:14: sweep.grid.train.steps: duplicate key (first set on line 13); keep one"),
+    ("eval:\n  evaluators:\n  - {name: entropy, name: gen-ppl}\n",
+     "r.yaml:13: eval.evaluators.0.name: duplicate key (first set on line 13)"),
+])
+def test_a_duplicate_key_is_an_error_at_its_line(tmp_path, registry, extra, needle):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, GOOD + extra), registry=registry)
+    assert needle in str(e.value)
+
+
+def test_duplicate_keys_walks_the_whole_document_and_lets_merge_keys_override():
+    assert duplicate_keys(yaml.compose("a: &x {k: 1}\nb:\n  <<: *x\n  k: 2\n")) == []
+    assert duplicate_keys(yaml.compose("a: 1\nb: {c: 1, c: 2}\nl: [{d: 1, d: 2}]\na: 3\n")) == [
+        (("b", "c"), 2, 2), (("l", 0, "d"), 3, 3), (("a",), 1, 4)]

@@ -294,3 +294,42 @@ def test_frame_indices_spread_over_the_path():
     from elfkit.pipeline.sample import frame_indices
     assert frame_indices(64) == [0, 13, 25, 38, 50, 63]
     assert frame_indices(3) == [0, 1, 2] and frame_indices(1) == [0]
+
+
+def test_all_empty_samples_are_refused_before_any_metric(tmp_path, registry):
+    run, recipe = make_run(tmp_path, registry, samples={0: ["", "  "], 1: ["", ""]})
+    with pytest.raises(DataError, match=r"all 4 samples in .*samples.jsonl are empty: .*training diverged"):
+        evaluate_stage(run / "samples.jsonl", run, recipe, registry)
+    assert not (run / "metrics.json").exists()
+    one, recipe = make_run(tmp_path, registry, "one", samples={0: ["", "a word"]})
+    assert evaluate_stage(one / "samples.jsonl", one, recipe, registry).is_file()   # one text is enough
+
+
+@requires_wheel("matplotlib")
+def test_training_section_states_steps_time_throughput_skips_spikes_and_divergence(tmp_path):
+    run = tmp_path / "diverged"
+    run.mkdir()
+    log = [{"event": "start", "step": 0, "lr": 10.0, "environment": {"torch": "2.13.0+cpu", "device": "cpu",
+                                                                   "cpu": "AMD EPYC", "threads": 2, "world_size": 1,
+                                                                   "deterministic_algorithms": False}},
+           {"step": 1, "loss": 5.0, "lr": 10.0},
+           {"event": "interrupted", "step": 2, "steps_done": 2, "wall_s": 1.0, "tokens": 600, "tokens_per_s": 600.0,
+            "skipped_steps": 0, "spike_steps": 0},
+           {"event": "resume", "step": 2},
+           {"event": "skip", "step": 3, "loss": "nan", "grad_norm": "nan"},
+           {"event": "spike", "step": 4, "loss": 9.8e7, "median": 5.5, "factor": 4.0},
+           {"step": 4, "loss": 9.8e7, "lr": 10.0},
+           {"event": "diverged", "step": 9, "steps_done": 7, "wall_s": 3.0, "tokens": 1400, "tokens_per_s": 466.7,
+            "skipped_steps": 1, "spike_steps": 5, "reason": "the loss has stayed above 4× its running median",
+            "last_good_checkpoint": "ck/step_2.pt"}]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    text = write_report(run).read_text()
+    for needle in ("| steps done | 9 (ended: diverged) |", "| wall time | 4.0 s |", "| tokens/s | 500 |",
+                   "| skipped steps (non-finite) | 1 |", "| loss-spike steps | 5 |",
+                   "- **Skipped steps** (non-finite loss or gradient norm, no update): 3.",
+                   "- **Loss spike** at step 4: 9.8e+07, more than 4× its running median 5.5.",
+                   "- **Diverged** at step 9: the loss has stayed above 4× its running median. "
+                   "Last good checkpoint: `ck/step_2.pt`.", "| last step | 4 |",
+                   "| environment | torch 2.13.0+cpu, cpu (AMD EPYC), 2 threads, 1 process(es), "
+                   "deterministic algorithms off |"):
+        assert needle in text, needle

@@ -103,7 +103,7 @@ def test_frozen_embedder_holds_no_grad_or_state(tmp_path) -> None:
     result = fit(comps, data, RunDir(tmp_path))
     table = comps.embedder.table.weight
     assert table.grad is None and not table.requires_grad
-    ck = Checkpoint.load(result.checkpoint)
+    ck = load_checkpoint(result.checkpoint)
     n_backbone = sum(1 for p in comps.backbone.parameters() if p.requires_grad)
     assert len(ck.optimizer["state"]) == n_backbone
     assert not any(k.startswith("embedder") for k in ck.optimizer["state"])
@@ -114,3 +114,103 @@ def test_bf16_autocast_and_activation_checkpointing(tmp_path) -> None:
     result = fit(comps, data, RunDir(tmp_path))
     assert comps.backbone.use_checkpointing
     assert result.final_loss is not None and torch.isfinite(torch.tensor(result.final_loss))
+
+
+# ---------------------------------------------------------------------------- divergence guard
+class _Faulty:
+    """Wraps the objective: from its k-th call on (1-based, in ``calls``) the loss is scaled by
+    ``factor`` (NaN: a non-finite step; 100: a loss far above its median)."""
+
+    def __init__(self, inner, calls: set[int], factor: float) -> None:
+        self.inner, self.calls, self.factor, self.n = inner, calls, factor, 0
+
+    def __call__(self, *args, **kwargs):
+        from elfkit.records import ObjectiveOutput
+        out = self.inner(*args, **kwargs)
+        self.n += 1
+        if self.n not in self.calls:
+            return out
+        return ObjectiveOutput(loss=out.loss * self.factor, logs={**out.logs, "loss": out.logs["loss"] * self.factor})
+
+
+def _faulty(calls: set[int], factor: float, **train):
+    comps, data = make_components(**train)
+    comps.objective = _Faulty(comps.objective, calls, factor)
+    return comps, data
+
+
+def _all_finite(ck: Checkpoint) -> bool:
+    from elfkit.pipeline.train.guard import first_non_finite
+    return first_non_finite({"model": ck.model, "ema": ck.ema, "optimizer": ck.optimizer}) is None
+
+
+def test_a_non_finite_step_is_skipped_counted_and_logged(tmp_path) -> None:
+    comps, data = _faulty({3}, float("nan"), steps=6, checkpoint_every=100, warmup_steps=0, lr=1e-3)
+    result = fit(comps, data, RunDir(tmp_path))
+    assert result.stopped == "completed" and result.steps == 6 and result.skipped_steps == 1
+    ck = load_checkpoint(result.checkpoint)
+    assert _all_finite(ck)
+    assert ck.scheduler["last_epoch"] == 5                 # 6 steps, one without a scheduler update
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log if r.get("event") == "skip"] == [3]
+    assert next(r for r in log if r.get("event") == "skip")["loss"] == "nan"    # valid JSON
+    assert [r["step"] for r in log if "event" not in r] == [1, 2, 4, 5, 6]   # step records: healthy steps
+    assert log[-1]["event"] == "completed" and log[-1]["skipped_steps"] == 1 and log[-1]["steps_done"] == 6
+
+
+def test_skipped_step_leaves_weights_ema_and_optimizer_untouched(tmp_path) -> None:
+    comps, data = _faulty({3}, float("nan"), steps=3, checkpoint_every=2, warmup_steps=0, lr=1e-3)
+    fit(comps, data, RunDir(tmp_path))
+    ckpts = tmp_path / "checkpoints"
+    two, three = Checkpoint.load(ckpts / "step_2.safetensors"), load_checkpoint(ckpts / "last")
+    assert three.step == 3
+    for key in ("model", "ema"):
+        for name, t in getattr(two, key).items():
+            assert torch.equal(getattr(three, key)[name], t), f"{key}.{name}"
+    assert two.scheduler == three.scheduler
+
+
+def test_consecutive_non_finite_steps_stop_as_diverged_keeping_the_last_good_checkpoint(tmp_path) -> None:
+    comps, data = _faulty(set(range(5, 100)), float("nan"), steps=20, checkpoint_every=2, max_bad_steps=3)
+    result = fit(comps, data, RunDir(tmp_path))
+    assert result.stopped == "diverged" and result.steps == 7 and result.skipped_steps == 3
+    good = tmp_path / "checkpoints" / "step_4.safetensors"
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["last", "step_2.safetensors", "step_4.safetensors"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last").step == 4 and _all_finite(Checkpoint.load(good))
+    assert result.message.startswith("training diverged at step 7: 3 consecutive steps with a non-finite loss")
+    assert f"The last good checkpoint is {good} (step 4)" in result.message
+    assert "Try: a lower train.lr" in result.message
+    end = read_log(tmp_path)[-1]
+    assert end["event"] == "diverged" and end["last_good_checkpoint"] == str(good) and "non-finite" in end["reason"]
+
+
+def test_a_sustained_loss_spike_is_warned_then_stops_and_checkpoints_wait(tmp_path) -> None:
+    comps, data = _faulty(set(range(4, 100)), 100.0, steps=20, checkpoint_every=2, max_spike_steps=4)
+    result = fit(comps, data, RunDir(tmp_path))
+    assert result.stopped == "diverged" and result.steps == 7 and result.spike_steps == 4
+    assert "stayed above 5× its running median" in result.message and "since step 4" in result.message
+    # step_6 fell inside the spike: not written, so step_2 is not pruned away by spiking weights
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last", "step_2.safetensors"]
+    spikes = [r for r in read_log(tmp_path) if r.get("event") == "spike"]
+    assert [r["step"] for r in spikes] == [4] and spikes[0]["loss"] > 4 * spikes[0]["median"]
+
+
+def test_an_isolated_spike_only_warns(tmp_path) -> None:
+    comps, data = _faulty({4}, 100.0, steps=8, checkpoint_every=4)
+    result = fit(comps, data, RunDir(tmp_path))
+    assert result.stopped == "completed" and result.spike_steps == 1
+    assert (tmp_path / "checkpoints" / "step_4.safetensors").exists() is False   # deferred past the spike ...
+    assert load_checkpoint(tmp_path / "checkpoints" / "last").step == 8   # ... and the run ends with one
+
+
+def test_a_checkpoint_with_a_non_finite_weight_is_never_written(tmp_path) -> None:
+    from elfkit.pipeline.train import distributed as dist_utils
+    from elfkit.pipeline.train.loop import _Trainer
+    comps, data = make_components(steps=4)
+    trainer = _Trainer(comps, data, RunDir(tmp_path), dist_utils.setup(), None)
+    with torch.no_grad():
+        next(trainer.raw.parameters()).view(-1)[0] = float("inf")
+    bad = trainer.save()
+    assert isinstance(bad, str) and bad.startswith("model.")
+    assert not (tmp_path / "checkpoints" / "last").exists()
