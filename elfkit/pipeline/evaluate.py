@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from elfkit.components.evaluators.gpt2_bpe import gpt2_tokenizer
 from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError, RecipeError
 from elfkit.fileio import atomic_write_text
+from elfkit.pipeline.interrupts import interruptible
 from elfkit.pipeline.report.aggregate import MetricRow, aggregate_records
 from elfkit.pipeline.rundir import RunDir, fingerprint
 from elfkit.recipe.load import load_recipe, resolved_dict
@@ -238,6 +239,12 @@ def _fresh(out: Path, inputs: Sequence[Path], run: RunDir, fp: str) -> bool:
     return recorded is None or recorded == fp
 
 
+def _metrics_kept(args: Mapping[str, Any]) -> str:
+    return (f"The samples {args['samples_path']} are kept; metrics.json was not written. Rerun the same command "
+            "to evaluate again (finished stages are skipped).")
+
+
+@interruptible("evaluation", _metrics_kept)
 def evaluate_stage(samples_path: Path, run_dir: Path, recipe: Recipe, registry: Registry | None = None) -> Path:
     """Write ``run_dir/metrics.json`` for ``samples_path``; returns its path (skips finished work)."""
     run = RunDir(Path(run_dir))

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from elfkit.pipeline.evaluate import evaluate_stage
 from elfkit.pipeline.report.document import write_report
@@ -26,7 +27,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) ->
     """prepare → train → sample → evaluate → report; returns report.md."""
     console = console or Console(stderr=True)
     run = RunDir(Path(run_dir))
-    console.rule(f"[bold]{recipe.name}[/] → {run.root}")
+    console.rule(f"[bold]{escape(recipe.name)}[/] → {escape(str(run.root))}")
     ckpt = train_stage(recipe, run.root, console)
     if int(os.environ.get("RANK", "0")) != 0:   # under torchrun: rank 0 samples, evaluates, reports
         return run.report

@@ -17,7 +17,7 @@ import torch
 from elfkit.errors import CheckpointError
 from elfkit.pipeline.build import Components, build_components
 from elfkit.pipeline.checkpoint import Checkpoint
-from elfkit.recipe.load import apply_overrides, validate_recipe
+from elfkit.recipe.load import apply_overrides, override_locations, validate_recipe
 from elfkit.recipe.schema import EvalSection, Recipe, SampleSection
 from elfkit.registry import default_registry
 
@@ -49,7 +49,8 @@ def load_trained(checkpoint: Path, overrides: Sequence[str] = (), *, use_ema: bo
     # the stored copy of a replaced section is not validated: it may name a plugin's component
     # that this process does not load
     stored = {k: v for k, v in data.items() if k not in sections}
-    recipe = validate_recipe(stored, source=f"{checkpoint} (stored recipe)", registry=registry)
+    recipe = validate_recipe(stored, source=f"{checkpoint} (stored recipe)", registry=registry,
+                             overridden=override_locations(overrides))
     if sections:
         recipe = recipe.model_copy(update=sections)
     components = build_components(recipe, registry, with_dataset=with_dataset)
