@@ -133,8 +133,8 @@ def run(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
         set_: SetOpt = None, out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
         seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
     """Prepare data → train → sample → evaluate → report. Rerun to resume."""
-    from elfkit.pipeline.run import run_recipe
     _out_dir(out_dir)
+    from elfkit.pipeline.run import run_recipe
     r = _load(recipe, set_, plugin, seeds)
     run_dir = _run_dir(r.name, out_dir)
     report = run_recipe(r, run_dir, console=console)
@@ -147,8 +147,8 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")], set_: Se
           out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
           plugin: PluginOpt = None) -> None:
     """Train only (resumes from the run directory's last checkpoint)."""
-    from elfkit.pipeline.train.stage import train_stage
     _out_dir(out_dir)
+    from elfkit.pipeline.train.stage import train_stage
     r = _load(recipe, set_, plugin)
     ckpt = train_stage(r, _run_dir(r.name, out_dir), console=console)
     out.print(f"[green]checkpoint[/]: {escape(str(ckpt))}")
@@ -162,10 +162,10 @@ def sample(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (run
            engine: Annotated[Path | None, typer.Option("--engine", help="Exported artifact dir.")] = None,
            seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
     """Sample from a checkpoint (or from an exported engine of it)."""
-    from elfkit.pipeline.sample import sample_from_checkpoint
     from elfkit.recipe.load import check_sampling_overrides
     check_sampling_overrides(set_ or [])
     _out_dir(out_dir)
+    from elfkit.pipeline.sample import sample_from_checkpoint
     path = sample_from_checkpoint(checkpoint, [*(set_ or []), *_seeds(seeds)], out_dir=out_dir, engine=engine,
                                   plugin_files=_plugins(plugin), console=console)
     out.print(f"[green]samples[/]: {escape(str(path))}")
@@ -207,6 +207,7 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (may carry a 
           set_: SetOpt = None, out_dir: Annotated[Path | None, typer.Option("--out")] = None,
           seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
     """Train once per training setting, sample once per sampling setting; table + frontier plot."""
+    _out_dir(out_dir)
     from elfkit.pipeline.sweep import run_sweep
     parsed: dict[str, list[Any]] = {}
     for g in grid or []:
@@ -214,7 +215,6 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (may carry a 
             raise ElfkitError(f"--grid expects KEY=v1,v2,..., got '{g}' (e.g. --grid sampler.steps=8,16)")
         k, vs = g.split("=", 1)
         parsed[k.strip()] = [_grid_value(v) for v in vs.split(",")]
-    _out_dir(out_dir)
     r = _load(recipe, set_, plugin, seeds)
     path = run_sweep(recipe, parsed, out_dir or Path("runs") / f"{r.name}-sweep",
                      overrides=[*(set_ or []), *_seeds(seeds)])
@@ -242,8 +242,8 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file.")],
            out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact directory.")] = None,
            plugin: PluginOpt = None) -> None:
     """Export the denoiser (denoise + decode modes) and check parity against eager fp32."""
-    from elfkit.pipeline.export import export_checkpoint
     _out_dir(out_dir)
+    from elfkit.pipeline.export import export_checkpoint
     manifest = export_checkpoint(checkpoint, format_, precision=precision, batch=batch, seq=seq, out_dir=out_dir,
                                  plugin_files=_plugins(plugin), console=console)
     out.print(f"[green]exported[/]: {escape(str(manifest))}")
