@@ -100,7 +100,8 @@ def _raises(exc: BaseException):
     return command
 
 
-@pytest.mark.parametrize("signum, code, name", [(signal.SIGINT, 130, "Ctrl-C (SIGINT)"), (signal.SIGTERM, 143, "SIGTERM")])
+@pytest.mark.parametrize("signum, code, name", [(signal.SIGINT, 130, "Ctrl-C (SIGINT)"),
+                                                (signal.SIGTERM, 143, "SIGTERM")])
 def test_interruptions_exit_with_the_signal_code_and_say_what_was_kept(capsys, signum, code, name):
     err = Interrupted(signum)
     err.stage, err.kept = "data preparation", ["No checkpoint had been written yet."]
