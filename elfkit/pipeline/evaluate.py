@@ -73,13 +73,13 @@ def read_samples(path: Path) -> list[SampleRecord]:
     if not path.is_file():
         raise DataError(f"samples file not found: {path} (run the sample stage first: elfkit sample CKPT)")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_jsonl_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
             out.append(SampleRecord(**{k: v for k, v in d.items() if k in _SAMPLE_FIELDS}))
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}:{lineno}: not a sample record ({exc}); each line must be a JSON object "
                             "with at least text, token_ids, seed, index") from None
     if not out:
@@ -87,10 +87,21 @@ def read_samples(path: Path) -> list[SampleRecord]:
     return out
 
 
+def _jsonl_text(path: Path) -> str:
+    """A JSON-lines file's text; a binary file is a DataError naming the offending byte."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                        "expected one JSON object per line") from None
+
+
 def read_references(path: Path, limit: int | None = None) -> list[str]:
     """``references.jsonl``: lines ``{"text": ...}`` of held-out real text."""
     texts = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_jsonl_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -127,3 +127,12 @@ def test_path_errors_a_person_caused_are_messages(capsys):
     assert "/root/x: Permission denied" in capsys.readouterr().err
     with pytest.raises(ValueError):   # a bug still shows its traceback
         _raises(ValueError("bug"))()
+
+
+def test_binary_or_non_object_samples_file(tmp_path):
+    binary = tmp_path / "samples.jsonl"
+    binary.write_bytes(b'{"text": "a"}\n\xe0\x80garbage\n')
+    assert_clean(*cli("eval", str(binary), "--recipe", TINY), "samples.jsonl:2: not a UTF-8 text file (byte 0xe0")
+    listed = tmp_path / "list.jsonl"
+    listed.write_text("[1, 2]\n")
+    assert_clean(*cli("eval", str(listed), "--recipe", TINY), "list.jsonl:1: not a sample record")
