@@ -47,7 +47,7 @@ class Interrupted(KeyboardInterrupt):
     def message(self) -> str:
         during = f" during {self.stage}" if self.stage else ""
         return " ".join([f"Interrupted by {self.signal_name}{during}.",
-                         *(self.kept or ["Rerun the same command to start again."])])
+                         *(self.kept or ["Rerun the same command to continue (finished stages are skipped)."])])
 
 
 def note_signal(signum: int) -> None:

@@ -50,7 +50,7 @@ def test_a_failing_description_does_not_hide_the_interruption():
     with pytest.raises(Interrupted) as e:
         f()
     assert e.value.stage == "s" and e.value.kept == []
-    assert "Rerun the same command" in e.value.message()
+    assert "Rerun the same command to continue" in e.value.message()
 
 
 def test_installed_handlers_turn_sigterm_into_interrupted(monkeypatch):
