@@ -85,12 +85,11 @@ def _error_panel(title: str, message: str) -> None:
     console.print(Panel(Text(message), title=f"[bold red]{escape(title)}", border_style="red", expand=False))
 
 
-def _out_dir(path: Path | None, what: str = "--out") -> Path | None:
+def _out_dir(path: Path | None) -> None:
     """A run or artifact directory a person named: refuse an existing file before any work starts."""
     if path is not None and path.exists() and not path.is_dir():
-        raise ElfkitError(f"{what} {path} is an existing file, not a directory; choose a directory "
+        raise ElfkitError(f"--out {path} is an existing file, not a directory; choose a directory "
                           "(it is created if missing)")
-    return path
 
 
 def _plugins(extra: list[str] | None) -> list[str]:
