@@ -161,8 +161,6 @@ def sample(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (run
            engine: Annotated[Path | None, typer.Option("--engine", help="Exported artifact dir.")] = None,
            seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
     """Sample from a checkpoint (or from an exported engine of it)."""
-    from elfkit.recipe.load import check_sampling_overrides
-    check_sampling_overrides(set_ or [])
     _out_dir(out_dir)
     from elfkit.pipeline.sample import sample_from_checkpoint
     path = sample_from_checkpoint(checkpoint, [*(set_ or []), *_seeds(seeds)], out_dir=out_dir, engine=engine,

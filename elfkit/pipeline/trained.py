@@ -17,7 +17,7 @@ import torch
 from elfkit.errors import CheckpointError
 from elfkit.pipeline.build import Components, build_components
 from elfkit.pipeline.checkpoint import Checkpoint
-from elfkit.recipe.load import apply_overrides, override_locations, validate_recipe
+from elfkit.recipe.load import apply_overrides, check_sampling_overrides, override_locations, validate_recipe
 from elfkit.recipe.schema import EvalSection, Recipe, SampleSection
 from elfkit.registry import default_registry
 
@@ -38,10 +38,11 @@ def load_trained(checkpoint: Path, overrides: Sequence[str] = (), *, use_ema: bo
                  sample: SampleSection | None = None, evaluation: EvalSection | None = None) -> Trained:
     """Rebuild the components a checkpoint was trained with and load its (EMA) weights.
 
-    ``overrides`` are ``--set`` items a person typed; they apply to the stored recipe (only
-    sampling/eval keys should change). ``sample``/``evaluation`` are already validated sections
+    ``overrides`` are ``--set`` items a person typed; they apply to the stored recipe and may
+    only change sampling/eval keys (others are refused). ``sample``/``evaluation`` are already validated sections
     of another recipe (the run's current one) that replace the stored recipe's.
     """
+    check_sampling_overrides(overrides)   # before loading: the rest of the recipe is how it was trained
     saved = Checkpoint.load(checkpoint)
     data = apply_overrides(saved.recipe, list(overrides))
     registry = default_registry([*plugin_files, *data.get("plugins", [])])
