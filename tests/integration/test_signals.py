@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +109,12 @@ def _first_step_logged(run_dir: Path) -> Callable[[str], bool]:
     return ready
 
 
+def _step_files(run_dir: Path) -> dict[int, Path]:
+    """The run's checkpoint step files by step (step_N.<suffix>, whatever the checkpoint format)."""
+    return {int(m.group(1)): p for p in (run_dir / "checkpoints").iterdir()
+            if (m := re.fullmatch(r"step_(\d+)\.\w+", p.name))}
+
+
 @pytest.fixture(scope="module")
 def interrupted_training(tmp_path_factory) -> tuple[int, str, Path]:
     """``elfkit run`` stopped by SIGTERM mid-training: (exit code, stderr, run directory)."""
@@ -125,7 +132,7 @@ def test_sigterm_during_training_checkpoints_and_says_so(interrupted_training):
     code, err, run_dir = interrupted_training
     _assert_clean(code, err, signal.SIGTERM, "Interrupted by SIGTERM during training.", "The checkpoint at step",
                   f"is kept in {run_dir / 'checkpoints'}", "rerun the same command to resume from it")
-    steps = [int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*.pt")]
+    steps = _step_files(run_dir)
     assert steps and f"The checkpoint at step {max(steps)} is kept" in " ".join(err.split())
 
 
@@ -133,7 +140,8 @@ def test_sigterm_during_training_checkpoints_and_says_so(interrupted_training):
 @pytest.mark.slow
 def test_sigterm_during_sampling_writes_no_samples(interrupted_training, tmp_path):
     _, _, run_dir = interrupted_training
-    ckpt = run_dir / "checkpoints" / "last.pt"
+    steps = _step_files(run_dir)
+    ckpt = steps[max(steps)]
     out = tmp_path / "samples"
     code, err = _interrupt(["--plugin", str(PLUGIN), "sample", str(ckpt), "--set", "sampler=blocking-sampler",
                             "--out", str(out)], tmp_path / "cache", _at("sampling"), signal.SIGTERM)
@@ -159,8 +167,9 @@ def test_sigint_during_evaluation_keeps_the_samples(tmp_path):
 @pytest.mark.slow
 def test_sigterm_during_export_leaves_no_manifest(interrupted_training, tmp_path):
     _, _, run_dir = interrupted_training
+    steps = _step_files(run_dir)
     out = tmp_path / "export"
-    code, err = _interrupt(["--plugin", str(PLUGIN), "export", str(run_dir / "checkpoints" / "last.pt"),
+    code, err = _interrupt(["--plugin", str(PLUGIN), "export", str(steps[max(steps)]),
                             "--format", "blocking-exporter", "--out", str(out)],
                            tmp_path / "cache", _at("export"), signal.SIGTERM)
     _assert_clean(code, err, signal.SIGTERM, "during export", "no manifest.json was written")

@@ -29,8 +29,9 @@ from elfkit.registry import default_registry
 def checkpoint_kept(run_dir: Path) -> str:
     """What an interrupted training leaves: the newest checkpoint, or that none exists yet."""
     ckpts = RunDir(Path(run_dir)).checkpoints
-    steps = sorted(int(m.group(1)) for p in (ckpts.path.glob("step_*.pt") if ckpts.path.is_dir() else ())
-                   if (m := re.fullmatch(r"step_(\d+)\.pt", p.name)))
+    # any checkpoint format's step files (step_N.<suffix>); temp files start with a dot
+    steps = sorted(int(m.group(1)) for p in (ckpts.path.iterdir() if ckpts.path.is_dir() else ())
+                   if (m := re.fullmatch(r"step_(\d+)\.\w+", p.name)))
     if steps:
         return (f"The checkpoint at step {steps[-1]} is kept in {ckpts.path}; rerun the same command to resume "
                 "from it.")
