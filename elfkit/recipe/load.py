@@ -62,6 +62,8 @@ def _line_index(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = Non
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path} is a directory; pass a recipe YAML file (e.g. {path / 'recipe.yaml'})")
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:

@@ -100,6 +100,8 @@ def test_bad_override_syntax(tmp_path, registry):
 def test_missing_file_empty_file_and_bad_yaml(tmp_path, registry):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "nope.yaml", registry=registry)
+    with pytest.raises(RecipeError, match="is a directory; pass a recipe YAML file"):
+        load_recipe(tmp_path, registry=registry)
     with pytest.raises(RecipeError, match="empty"):
         load_recipe(write(tmp_path, ""), registry=registry)
     with pytest.raises(RecipeError, match="invalid YAML"):
