@@ -60,6 +60,8 @@ def friendly(fn: F) -> F:
             _error_panel(type(exc).__name__, str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
+            for sig in saved:   # a second Ctrl-C while we report must not end in a traceback
+                signal.signal(sig, signal.SIG_IGN)
             interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
             console.print(Text(interrupted.message(), style="yellow"))
             raise typer.Exit(interrupted.exit_code) from None
