@@ -230,7 +230,7 @@ def _where(source: str, lines: dict[Loc, int], loc: Loc, overridden: Overridden 
     blamed = [(len(o), item) for o, item in (overridden or {}).items()
               if o[:len(loc)] == loc or loc[:len(o)] == o]
     if blamed:
-        return f"--set '{max(blamed)[1]}'"
+        return f"--set {max(blamed)[1]} (applied to {source})"
     line = _nearest_line(lines, loc)
     return f"{source}:{line}" if line else source
 

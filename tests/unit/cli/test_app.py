@@ -44,7 +44,7 @@ def test_set_with_an_empty_key_blames_the_option():
 
 def test_embedder_backbone_width_mismatch_names_the_keys():
     assert_clean(*cli("recipe", "validate", TINY, "--set", "backbone.latent_dim=256"),
-                 "--set 'backbone.latent_dim=256': backbone.latent_dim is 256",
+                 f"--set backbone.latent_dim=256 (applied to {TINY}): backbone.latent_dim is 256",
                  "the embedder 'minilm' (embedder.name,", "produces 384-d latents")
 
 

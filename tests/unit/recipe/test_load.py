@@ -170,17 +170,18 @@ def test_malformed_set_items_blame_the_option(tmp_path, registry, item, needle):
 
 
 @pytest.mark.parametrize("item, needle", [
-    ("train.steps=abc", "--set 'train.steps=abc': train.steps: Input should be a valid integer"),
-    ("data.prob=1.5", "--set 'data.prob=1.5': data.prob: Input should be less than or equal to 1"),
-    ("data.sise=3", "--set 'data.sise=3': data.sise: unknown key 'sise'"),
-    ("foo.bar=1", "--set 'foo.bar=1': foo: unknown key 'foo'"),
-    ("sampler=nope", "--set 'sampler=nope': sample.sampler.name: unknown sampler 'nope'"),
-    ("data={name: fake-dataset, size: -1}", "--set 'data={name: fake-dataset, size: -1}': data.size"),
+    ("train.steps=abc", "train.steps: Input should be a valid integer"),
+    ("data.prob=1.5", "data.prob: Input should be less than or equal to 1"),
+    ("data.sise=3", "data.sise: unknown key 'sise'"),
+    ("foo.bar=1", "foo: unknown key 'foo'"),
+    ("sampler=nope", "sample.sampler.name: unknown sampler 'nope'"),
+    ("data={name: fake-dataset, size: -1}", "data.size"),
 ])
 def test_values_that_fail_validation_say_they_came_from_set(tmp_path, registry, item, needle):
+    p = write(tmp_path, GOOD)
     with pytest.raises(RecipeError) as e:
-        load_recipe(write(tmp_path, GOOD), [item], registry=registry)
-    assert needle in str(e.value), str(e.value)
+        load_recipe(p, [item], registry=registry)
+    assert f"--set {item} (applied to {p}): {needle}" in str(e.value), str(e.value)
 
 
 def test_errors_in_the_file_still_name_the_line_next_to_set_items(tmp_path, registry):
@@ -188,7 +189,7 @@ def test_errors_in_the_file_still_name_the_line_next_to_set_items(tmp_path, regi
     with pytest.raises(RecipeError) as e:
         load_recipe(p, ["train.steps=0"], registry=registry)
     msg = str(e.value)
-    assert "--set 'train.steps=0': train.steps" in msg
+    assert f"--set train.steps=0 (applied to {p}): train.steps" in msg
     # the data line is reported after the schema error is fixed
     with pytest.raises(RecipeError, match=r"r.yaml:2: data.size"):
         load_recipe(p, ["train.steps=5"], registry=registry)
@@ -285,7 +286,7 @@ def test_embedder_width_that_the_backbone_cannot_take_is_refused_with_both_keys(
     msg = str(e.value)
     assert "r.yaml:4: backbone.latent_dim is 24" in msg
     assert "the embedder 'gaussian-table' (embedder.name, " in msg and "r.yaml:3) produces 16-d latents" in msg
-    with pytest.raises(RecipeError, match=r"--set 'backbone.latent_dim=8': backbone.latent_dim is 8"):
+    with pytest.raises(RecipeError, match=r"--set backbone.latent_dim=8 \(applied to .*\): backbone.latent_dim is 8"):
         load_recipe(p, ["backbone.latent_dim=8"], registry=registry)
     assert load_recipe(p, ["backbone.latent_dim=16"], registry=registry).backbone.config.latent_dim == 16
     assert load_recipe(p, ["backbone.latent_dim=null"], registry=registry).backbone.config.latent_dim is None
