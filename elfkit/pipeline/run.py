@@ -14,6 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from elfkit.pipeline.distill.compare import compare, write_distill_report
+from elfkit.pipeline.distill.stage import distill_stage
 from elfkit.pipeline.evaluate import evaluate_stage
 from elfkit.pipeline.report.document import write_report
 from elfkit.pipeline.rundir import RunDir
@@ -24,10 +26,13 @@ from elfkit.registry import default_registry
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
-    """prepare → train → sample → evaluate → report; returns report.md."""
+    """prepare → train → sample → evaluate → report (with a ``distill:`` section: rounds, then teacher
+    vs student); returns report.md."""
     console = console or Console(stderr=True)
     run = RunDir(Path(run_dir))
     console.rule(f"[bold]{escape(recipe.name)}[/] → {escape(str(run.root))}")
+    if recipe.distill is not None:   # progressive distillation: rounds, then teacher vs student
+        return _distill(recipe, run, console)
     ckpt = train_stage(recipe, run.root, console)
     if int(os.environ.get("RANK", "0")) != 0:   # under torchrun: rank 0 samples, evaluates, reports
         return run.report
@@ -36,3 +41,12 @@ def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) ->
         with console.status("evaluating"):
             evaluate_stage(run.samples, run.root, recipe, default_registry(recipe.plugins))
     return write_report(run.root)
+
+
+def _distill(recipe: Recipe, run: RunDir, console: Console) -> Path:
+    teacher, student = distill_stage(recipe, run.root, console)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return run.report
+    with console.status("sampling and evaluating teacher and student"):
+        results = compare(recipe, run.root, teacher, student)
+    return write_distill_report(recipe, run.root, results)

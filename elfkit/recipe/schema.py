@@ -153,6 +153,63 @@ class SweepSection(BaseModel):
     """Dotted recipe key → values; the sweep is the cartesian product."""
 
 
+class DistillRound(BaseModel):
+    """One round of progressive distillation: the student learns spans of 1/student_steps."""
+
+    model_config = STRICT
+    student_steps: int = Field(gt=0)
+    """The student's sampling steps after this round (Δ = 1/student_steps)."""
+    teacher_substeps: int = Field(gt=0)
+    """K: teacher Euler sub-steps per student span."""
+    steps: int | None = Field(default=None, gt=0)
+    """Optimiser steps of this round (None = train.steps)."""
+
+
+class DistillSection(BaseModel):
+    """Progressive distillation (the official distillation branch): rounds of a frozen teacher
+    teaching a student with fewer steps; see docs/distillation.md."""
+
+    model_config = STRICT
+    teacher: str
+    """An elfkit run directory (or its checkpoint file), an official checkpoint file or folder, or a
+    hub id (embedded-language-flows/ELF-B-owt-torch); relative paths are from the working directory."""
+    rounds: list[DistillRound] = Field(min_length=1)
+    """The curriculum, in order; each round starts from the previous round's student."""
+    teacher_steps: int | None = Field(default=64, gt=0)
+    """student_steps × teacher_substeps of every round: the teacher's step resolution, Δ/K = 1/teacher_steps
+    (official: 64, e.g. 16 × 4 … 1 × 64). Checked when ``strict``."""
+    strict: bool = True
+    """Refuse a round whose student_steps × teacher_substeps ≠ teacher_steps."""
+    teacher_use_ema: bool = True
+    """Teacher weights: its EMA (official) or its raw weights."""
+    init_from_teacher: bool = True
+    """Round 1's student starts from the teacher's weights (official); else from the backbone's init."""
+    student_use_ema: bool = True
+    """Round k>1 starts from round k−1's EMA weights (official), else its raw weights."""
+    compare_steps: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+    """Sampling steps at which the report compares teacher and student (the sampler's own settings)."""
+
+    @model_validator(mode="after")
+    def _curriculum(self) -> DistillSection:
+        prev: DistillRound | None = None
+        for i, r in enumerate(self.rounds, 1):
+            if prev is not None and prev.student_steps % r.student_steps:
+                raise ValueError(f"rounds[{i}].student_steps={r.student_steps} does not divide the previous round's "
+                                 f"{prev.student_steps}: each round halves (or divides) the student's steps")
+            product = r.student_steps * r.teacher_substeps
+            fit = self.teacher_steps // r.student_steps if self.teacher_steps and not \
+                self.teacher_steps % r.student_steps else "?"
+            if self.strict and self.teacher_steps is not None and product != self.teacher_steps:
+                raise ValueError(f"rounds[{i}]: student_steps × teacher_substeps = {r.student_steps} × "
+                                 f"{r.teacher_substeps} = {product}, but distill.teacher_steps = {self.teacher_steps} "
+                                 f"(Δ/K must be 1/{self.teacher_steps} in every round); set teacher_substeps to "
+                                 f"{fit}, or strict: false")
+            prev = r
+        if any(n < 1 for n in self.compare_steps):
+            raise ValueError(f"compare_steps must be positive, got {self.compare_steps}")
+        return self
+
+
 class Recipe(BaseModel):
     """A whole run: data → embedder → backbone/target/objective → train → sample → eval."""
 
@@ -173,6 +230,15 @@ class Recipe(BaseModel):
     sample: SampleSection = SampleSection()
     eval: EvalSection = EvalSection()
     sweep: SweepSection | None = None
+    distill: DistillSection | None = None
+    """Progressive distillation of a trained teacher (objective: progressive-distillation)."""
+
+    @model_validator(mode="after")
+    def _distill_objective(self) -> Recipe:
+        if self.distill is not None and self.objective.name != "progressive-distillation":
+            raise ValueError(f"a `distill:` section trains with objective 'progressive-distillation', "
+                             f"not '{self.objective.name}'; set objective.name: progressive-distillation")
+        return self
 
 
 # (path in the recipe, kind) for every component slot, used by resolve()

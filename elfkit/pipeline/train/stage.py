@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from elfkit.errors import CheckpointError, ElfkitError
+from elfkit.errors import CheckpointError, ElfkitError, RecipeError
 from elfkit.pipeline.build import build_components
 from elfkit.pipeline.interrupts import Interrupted, interruptible, last_signal
 from elfkit.pipeline.prepare import data_cache_dir, prepare_data
@@ -49,6 +49,9 @@ def _train_kept(args: Mapping[str, Any]) -> str:
 def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
     """Train (or resume, or skip if finished); returns the last checkpoint."""
     console = console or Console(stderr=True)
+    if recipe.distill is not None:
+        raise RecipeError(f"recipe '{recipe.name}' has a `distill:` section: its rounds need the teacher, so run it "
+                          "with `elfkit run` (docs/distillation.md)")
     run = RunDir(Path(run_dir))
     resolved = run.write_recipe(recipe)
     fp = training_fingerprint(resolved)

@@ -59,3 +59,27 @@ def test_recipe_validates(path, builtin_registry):
         assert has_key(resolved, key.key), f"{path.name}: sweep grid key '{key.label}' ({key.key}) is not a recipe key"
         for value in key.values:
             load_recipe(path, to_overrides({key.label: value}, keys), registry=registry)
+
+
+def test_official_distillation_recipe_holds_the_branch_values(builtin_registry: Registry) -> None:
+    """recipes/elf-owt-distill.yaml: the distillation branch's curriculum and hyperparameters."""
+    r = load_recipe(REPO / "recipes" / "elf-owt-distill.yaml", registry=builtin_registry)
+    assert r.distill is not None and r.distill.teacher == "embedded-language-flows/ELF-B-owt-torch"
+    assert [(x.student_steps, x.teacher_substeps) for x in r.distill.rounds] == [(16, 4), (8, 8), (4, 16), (2, 32),
+                                                                                (1, 64)]
+    assert (r.distill.teacher_use_ema, r.distill.init_from_teacher, r.distill.student_use_ema) == (True, True, True)
+    t = r.train
+    assert (t.steps, t.batch_size, t.blr, t.warmup_steps, t.ema_decay, t.optimizer) == (19017, 512, 1e-3, 1901,
+                                                                                       0.9999, "muon")
+    o = r.objective.config
+    assert (o.decoder_prob, o.decoder_noise_scale, o.self_cond_prob, o.guidance_min, o.guidance_max) == (
+        0.2, 5.0, 0.5, 0.5, 5.0)
+    assert (r.time.config.mean, r.time.config.std, r.path.noise_scale) == (-1.5, 0.8, 2.0)
+    assert r.sample.sampler.name == "sde" and r.sample.sampler.config.gamma == 1.5
+    assert r.sample.guidance.config.scale == 2.5 and r.distill.compare_steps == [1, 2, 4, 8]
+
+
+def test_a_distill_section_needs_the_distillation_objective(builtin_registry: Registry) -> None:
+    from elfkit.errors import RecipeError
+    with pytest.raises(RecipeError, match="objective 'progressive-distillation'"):
+        load_recipe(REPO / "recipes" / "elf-owt-distill.yaml", ["objective.name=elf"], registry=builtin_registry)

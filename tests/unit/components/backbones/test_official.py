@@ -178,3 +178,42 @@ def test_offline_hub_is_a_clear_error(tmp_path, monkeypatch):
         load_official(ELFBackbone(tiny_cfg()), "embedded-language-flows/ELF-B-owt-torch")
     msg = str(err.value)
     assert "embedded-language-flows/ELF-B-owt-torch" in msg and "local file or folder" in msg
+
+
+def pd_student_checkpoint(student: ELFBackbone, ema: ELFBackbone) -> dict:
+    """A training checkpoint as the distillation branch writes it (torch.save of one dict; the
+    compiled student's raw params carry torch.compile's prefix)."""
+    return {"params": {f"_orig_mod.{k}": v for k, v in student.state_dict().items()},
+            "ema_params1": dict(ema.named_parameters()), "opt_state": {"state": {}, "param_groups": []},
+            "lr_scheduler": {"last_epoch": 19017}, "step": 19017, "epoch": 1,
+            "dropout_rng": torch.Generator().get_state(), "grad_accum_buffers": None}
+
+
+def test_released_pd_student_loads_like_the_teacher(tmp_path, monkeypatch):
+    """ELF-B-PD-owt-torch's training-checkpoint layout loads through load_official (EMA weights by
+    default), the path the distillation teacher takes."""
+    raw, ema = perturbed(11), perturbed(12)
+    ckpt = pd_student_checkpoint(raw, ema)
+    torch.save(ckpt, tmp_path / "checkpoint_19017")
+    got = load_official(ELFBackbone(tiny_cfg()), tmp_path / "checkpoint_19017")
+    assert torch.equal(outputs(got)[0], outputs(ema)[0])
+    got_raw = load_official(ELFBackbone(tiny_cfg()), tmp_path / "checkpoint_19017", use_ema=False)
+    assert torch.equal(outputs(got_raw)[0], outputs(raw)[0])
+
+
+@requires_wheel("transformers")   # huggingface_hub comes with it
+def test_released_pd_student_loads_from_the_hub_cache(tmp_path, monkeypatch):
+    """The hub id ELF-B-PD-owt-torch, served from the local Hugging Face cache (no network)."""
+    ema = perturbed(12)
+    ckpt = pd_student_checkpoint(perturbed(11), ema)
+    cache = tmp_path / "hub-cache"
+    repo = cache / "models--embedded-language-flows--ELF-B-PD-owt-torch"
+    snap = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snap.name)
+    torch.save(ckpt, snap / "checkpoint_19017")
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))    # read at call time, not import
+    got_hub = load_official(ELFBackbone(tiny_cfg()), "embedded-language-flows/ELF-B-PD-owt-torch")
+    assert torch.equal(outputs(got_hub)[0], outputs(ema)[0])
