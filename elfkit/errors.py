@@ -38,3 +38,11 @@ class MissingDependencyError(ElfkitError):
 
 class ExportError(ElfkitError):
     """An export failed or its parity check exceeded the threshold."""
+
+
+class StorageError(ElfkitError):
+    """A file could not be written: disk full, read-only or unwritable folder (nothing good was overwritten)."""
+
+
+class RunDirBusyError(ElfkitError):
+    """Another elfkit process holds the run directory's lock."""

@@ -1,4 +1,4 @@
-"""``elfkit``: run, train, sample, eval, report, sweep, export, recipe, plugins.
+"""``elfkit``: run, train, sample, eval, report, sweep, export, recipe, plugins, checkpoint.
 
 Every command turns :class:`ElfkitError` into a short red message and exit code 2;
 SIGINT/SIGTERM say what was kept and how to resume (exit 130/143). Tracebacks are reserved
@@ -31,8 +31,10 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=
                   help="elfkit: train, sample, evaluate and deploy continuous text generators (ELF by default).")
 recipe_app = typer.Typer(no_args_is_help=True, help="Validate and inspect recipes.")
 plugins_app = typer.Typer(no_args_is_help=True, help="List and create plugins.")
+checkpoint_app = typer.Typer(no_args_is_help=True, help="Verify checkpoints; convert old (pickle) ones.")
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(plugins_app, name="plugins")
+app.add_typer(checkpoint_app, name="checkpoint")
 
 # emoji=False: user text such as `--batch a:b:c` must not turn into emoji (":b:")
 console = Console(stderr=True, emoji=False)
@@ -44,6 +46,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 SetOpt = Annotated[list[str] | None,
                    typer.Option("--set", "-s", help="Override a recipe key: a.b=value (repeatable).")]
 PluginOpt = Annotated[list[str] | None, typer.Option("--plugin", "-p", help="Load a one-file plugin (repeatable).")]
+ResumeOpt = Annotated[Path | None, typer.Option(
+    "--resume-from", help="Resume training from this checkpoint file (default: the run directory's newest).")]
 SeedsOpt = Annotated[str | None,
                      typer.Option("--seeds", help="Comma-separated sampling seeds, e.g. 0,1,2 (mean ± s.e.).")]
 
@@ -132,13 +136,13 @@ def _main(plugin: PluginOpt = None) -> None:
 @friendly
 def run(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
         set_: SetOpt = None, out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
-        seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
+        seeds: SeedsOpt = None, plugin: PluginOpt = None, resume_from: ResumeOpt = None) -> None:
     """Prepare data → train → sample → evaluate → report. Rerun to resume."""
     _out_dir(out_dir)
     from elfkit.pipeline.run import run_recipe
     r = _load(recipe, set_, plugin, seeds)
     run_dir = _run_dir(r.name, out_dir)
-    report = run_recipe(r, run_dir, console=console)
+    report = run_recipe(r, run_dir, console=console, resume_from=resume_from)
     out.print(f"[green]done[/]: {escape(str(report))}")
 
 
@@ -146,18 +150,19 @@ def run(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 @friendly
 def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")], set_: SetOpt = None,
           out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
-          plugin: PluginOpt = None) -> None:
+          plugin: PluginOpt = None, resume_from: ResumeOpt = None) -> None:
     """Train only (resumes from the run directory's last checkpoint)."""
     _out_dir(out_dir)
     from elfkit.pipeline.train.stage import train_stage
     r = _load(recipe, set_, plugin)
-    ckpt = train_stage(r, _run_dir(r.name, out_dir), console=console)
+    ckpt = train_stage(r, _run_dir(r.name, out_dir), console=console, resume_from=resume_from)
     out.print(f"[green]checkpoint[/]: {escape(str(ckpt))}")
 
 
 @app.command()
 @friendly
-def sample(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (run_dir/checkpoints/last.pt).")],
+def sample(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: run directory, run_dir/checkpoints/last "
+                                                     "or a step file.")],
            set_: SetOpt = None,
            out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write samples.jsonl.")] = None,
            engine: Annotated[Path | None, typer.Option("--engine", help="Exported artifact dir.")] = None,
@@ -231,7 +236,8 @@ def _grid_value(text: str) -> Any:
 
 @app.command()
 @friendly
-def export(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file.")],
+def export(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: run directory, checkpoints/last or a "
+                                                     "step file.")],
            format_: Annotated[str, typer.Option("--format", "-f",
                                                 help="tensorrt | torch-export | onnx")] = "torch-export",
            precision: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
@@ -268,6 +274,29 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")], set_
     """Print the fully resolved recipe (every default filled in)."""
     from elfkit.recipe.load import dump_yaml, resolved_dict
     out.print(dump_yaml(resolved_dict(_load(file, set_, plugin))), markup=False, highlight=False)
+
+
+# ----------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------
+@checkpoint_app.command("convert")
+@friendly
+def checkpoint_convert(old: Annotated[Path, typer.Argument(help="Checkpoint in the old pickle format (.pt).")],
+                       new: Annotated[Path | None, typer.Argument(
+                           help="Output file (default: step_N.safetensors beside OLD).")] = None) -> None:
+    """Convert an old checkpoint without running code (tensors and plain values only, else refused)."""
+    from elfkit.pipeline.checkpoint.legacy import convert
+    out.print(f"[green]converted[/]: {convert(old, new)}")
+
+
+@checkpoint_app.command("verify")
+@friendly
+def checkpoint_verify(paths: Annotated[list[Path], typer.Argument(help="Checkpoint files or run directories.")]
+                      ) -> None:
+    """Check each checkpoint's sha256; exit code 2 if any is damaged."""
+    from elfkit.pipeline.checkpoint import load_checkpoint
+    for p in paths:
+        out.print(f"[green]ok[/] {p} (step {load_checkpoint(p).step})", markup=True, highlight=False)
 
 
 # ----------------------------------------------------------------------------------------

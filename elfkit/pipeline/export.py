@@ -18,6 +18,7 @@ from rich.markup import escape
 from elfkit.components.exporters import ExportSpec, export_backbone, parse_range
 from elfkit.components.exporters.spec import Precision
 from elfkit.errors import ExportError
+from elfkit.pipeline.checkpoint import run_root_of
 from elfkit.pipeline.interrupts import interruptible
 from elfkit.pipeline.trained import load_trained
 from elfkit.recipe.load import resolved_dict
@@ -49,7 +50,7 @@ def export_checkpoint(checkpoint: Path, fmt: str, *, precision: str, batch: str,
     """Export the checkpoint's (EMA) denoiser; returns the manifest after the parity check passed."""
     spec = export_spec(precision, batch, seq)   # bad options fail before the checkpoint loads
     trained = load_trained(checkpoint, plugin_files=plugin_files)
-    out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent.parent / f"export-{fmt}-{precision}"
+    out = Path(out_dir) if out_dir else run_root_of(checkpoint) / f"export-{fmt}-{precision}"
     with (console or Console(stderr=True)).status(f"exporting to {escape(fmt)} ({precision}) and checking parity"):
         return export_backbone(trained.components.backbone, fmt, out, spec, trained.components.registry,
                                target=trained.components.target,

@@ -25,15 +25,22 @@ from elfkit.recipe.schema import Recipe
 from elfkit.registry import default_registry
 
 
-def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
+def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None,
+               resume_from: Path | None = None) -> Path:
     """prepare → train → sample → evaluate → report (with a ``distill:`` section: rounds, then teacher
-    vs student); returns report.md."""
+    vs student), holding the run directory's lock; returns report.md. ``resume_from`` picks the
+    checkpoint training resumes from."""
     console = console or Console(stderr=True)
     run = RunDir(Path(run_dir))
+    with run.lock("run"):
+        return _run(recipe, run, console, resume_from)
+
+
+def _run(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | None) -> Path:
     console.rule(f"[bold]{escape(recipe.name)}[/] → {escape(str(run.root))}")
     if recipe.distill is not None:   # progressive distillation: rounds, then teacher vs student
         return _distill(recipe, run, console)
-    ckpt = train_stage(recipe, run.root, console)
+    ckpt = train_stage(recipe, run.root, console, resume_from=resume_from)
     if int(os.environ.get("RANK", "0")) != 0:   # under torchrun: rank 0 samples, evaluates, reports
         return run.report
     sample_stage(ckpt, run.root, recipe, console)

@@ -26,6 +26,7 @@ from elfkit.errors import DataError
 from elfkit.fileio import atomic_write_text
 from elfkit.generation import Condition, generate, postprocess
 from elfkit.pipeline.build import sampling_time
+from elfkit.pipeline.checkpoint import run_root_of
 from elfkit.pipeline.interrupts import interruptible
 from elfkit.pipeline.prepare import data_cache_dir
 from elfkit.pipeline.rundir import RunDir, fingerprint
@@ -147,9 +148,9 @@ def sample_from_checkpoint(checkpoint: Path, overrides: Sequence[str], *, out_di
     ``samples/`` beside the checkpoint's run directory."""
     console = console or Console(stderr=True)
     trained = load_trained(checkpoint, overrides, plugin_files=plugin_files)
-    out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent.parent / "samples"
-    run = RunDir(out)
-    run.write_recipe(trained.recipe)
-    records = generate_records(trained, engine=engine, console=console)
-    write_samples(run.samples, records)
+    run = RunDir(Path(out_dir) if out_dir else run_root_of(checkpoint) / "samples")
+    with run.lock("sample"):
+        run.write_recipe(trained.recipe)
+        records = generate_records(trained, engine=engine, console=console)
+        write_samples(run.samples, records)
     return run.samples

@@ -3,6 +3,10 @@
 Sampling, ``elfkit sample`` and export all start from a checkpoint and must rebuild exactly
 what was trained (ties, filled-in dimensions, an untied embedder's own weights) and pick the
 EMA or raw weights the same way; this module is that one path.
+
+A checkpoint's stored recipe may list one-file plugins. They are never loaded from there
+(that would run code a checkpoint names): only plugins the caller passes explicitly (``--plugin``,
+or the recipe being run) are. A stored recipe that needs a missing plugin is an error naming it.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ from typing import Any
 
 import torch
 
-from elfkit.errors import CheckpointError
+from elfkit.errors import CheckpointError, RecipeError, RegistryError
 from elfkit.pipeline.build import Components, build_components
-from elfkit.pipeline.checkpoint import Checkpoint
+from elfkit.pipeline.checkpoint import load_checkpoint
 from elfkit.recipe.load import apply_overrides, check_sampling_overrides, override_locations, validate_recipe
 from elfkit.recipe.schema import EvalSection, Recipe, SampleSection
-from elfkit.registry import default_registry
+from elfkit.registry import default_registry, env_plugin_files
 
 
 @dataclass
@@ -43,18 +47,29 @@ def load_trained(checkpoint: Path, overrides: Sequence[str] = (), *, use_ema: bo
     of another recipe (the run's current one) that replace the stored recipe's.
     """
     check_sampling_overrides(overrides)   # before loading: the rest of the recipe is how it was trained
-    saved = Checkpoint.load(checkpoint)
+    saved = load_checkpoint(checkpoint)
     data = apply_overrides(saved.recipe, list(overrides))
-    registry = default_registry([*plugin_files, *data.get("plugins", [])])
+    given = [*env_plugin_files(), *plugin_files]
+    not_loaded = _not_given(data.get("plugins") or [], given)
+    data["plugins"] = [str(p) for p in plugin_files]   # what was actually loaded, recorded downstream
+    registry = default_registry(plugin_files)
     sections: dict[str, Any] = {k: v for k, v in (("sample", sample), ("eval", evaluation)) if v is not None}
     # the stored copy of a replaced section is not validated: it may name a plugin's component
     # that this process does not load
     stored = {k: v for k, v in data.items() if k not in sections}
-    recipe = validate_recipe(stored, source=f"{checkpoint} (stored recipe)", registry=registry,
-                             overridden=override_locations(overrides))
-    if sections:
-        recipe = recipe.model_copy(update=sections)
-    components = build_components(recipe, registry, with_dataset=with_dataset)
+    try:
+        recipe = validate_recipe(stored, source=f"{checkpoint} (stored recipe)", registry=registry,
+                                 overridden=override_locations(overrides))
+        if sections:
+            recipe = recipe.model_copy(update=sections)
+        components = build_components(recipe, registry, with_dataset=with_dataset)
+    except (RecipeError, RegistryError) as exc:
+        if not not_loaded:
+            raise
+        raise CheckpointError(
+            f"{checkpoint} was trained with the plugin(s) {', '.join(not_loaded)}, which elfkit does not load "
+            f"from a checkpoint (loading a plugin runs its code). If you trust them, pass each explicitly: "
+            f"--plugin PATH.\n{exc}") from None
     ema = recipe.sample.use_ema if use_ema is None else use_ema
     state = saved.ema if ema and saved.ema else saved.model
     # An untied trainable embedder is saved on its own (EMA copy in "embedder_ema"). Load it
@@ -70,3 +85,9 @@ def load_trained(checkpoint: Path, overrides: Sequence[str] = (), *, use_ema: bo
                               f"{str(exc).splitlines()[0]}") from None
     components.backbone.eval()
     return Trained(recipe, components, saved.step, Path(checkpoint))
+
+
+def _not_given(stored: list[Any], given: Sequence[str]) -> list[str]:
+    """Plugin files a stored recipe lists that the caller did not pass (compared as resolved paths)."""
+    have = {str(Path(p).resolve()) for p in given}
+    return [str(p) for p in stored if str(Path(str(p)).resolve()) not in have]

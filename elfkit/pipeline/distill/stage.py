@@ -2,7 +2,7 @@
 
 Layout in the run directory::
 
-    teacher/checkpoints/last.pt        the frozen teacher's weights as an elfkit checkpoint (for sampling)
+    teacher/checkpoints/last           the frozen teacher's weights as an elfkit checkpoint (for sampling)
     rounds/<i>-<N>step/                one ordinary training run per round (checkpoints/, train_log.jsonl)
     compare/<teacher|student>-<N>step/ samples and metrics at each distill.compare_steps
     report.md, frontier.png            teacher vs student

@@ -25,13 +25,14 @@ from elfkit.components.backbones.official import (
 )
 from elfkit.errors import CheckpointError, HubUnreachableError, RecipeError
 from elfkit.pipeline.build import Components
-from elfkit.pipeline.checkpoint import Checkpoint
+from elfkit.pipeline.checkpoint import load_checkpoint
 from elfkit.pipeline.rundir import RunDir
 from elfkit.recipe.load import resolved_dict
 
 # recipe sections that fix the teacher's latent space and architecture (they must match the student's)
 MATCHING_SECTIONS = ("embedder", "backbone", "target", "path")
-_ELFKIT_FILE = re.compile(r"^(last|step_\d+)\.pt$")
+# elfkit checkpoint files (``.pt``: the old pickle format, which loading refuses with the converter command)
+_ELFKIT_FILE = re.compile(r"^(last|step_\d+\.safetensors|(last|step_\d+)\.pt)$")
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,13 @@ class Teacher:
 
 
 def elfkit_checkpoint(source: str) -> Path | None:
-    """The elfkit checkpoint ``source`` names (run directory or ``checkpoints/*.pt``), else None."""
+    """The elfkit checkpoint ``source`` names (run directory or a file in its ``checkpoints/``), else None."""
     p = Path(source).expanduser()
     last = RunDir(p).checkpoints.last
     if p.is_dir() and last.is_file():
         return last
+    if p.is_dir() and RunDir(p).checkpoints.has_any():   # no pointer: the newest intact step file, or old files
+        return RunDir(p).checkpoints.path
     if p.is_dir() and RunDir(p).stages_file.is_file():
         raise CheckpointError(f"distill.teacher: run directory {p} has no checkpoint yet ({last}); "
                               "finish its training first (rerun its `elfkit run` command)")
@@ -94,7 +97,7 @@ def load_teacher(source: str, components: Components, *, use_ema: bool = True) -
     module = _student_copy(components)
     ckpt = elfkit_checkpoint(source)
     if ckpt is not None:
-        saved = Checkpoint.load(ckpt)
+        saved = load_checkpoint(ckpt)
         ours = resolved_dict(components.recipe)
         diffs = [d for k in MATCHING_SECTIONS for d in _differences(saved.recipe.get(k), ours.get(k), k)]
         if diffs:

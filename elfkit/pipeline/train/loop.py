@@ -8,7 +8,10 @@ same numbers as 1 rank × 2 accumulated micro-batches.
 
 Stops cleanly (checkpoint, then return) at ``train.steps``, on SIGTERM or a first Ctrl-C
 (a second Ctrl-C aborts at once), and after ``train.max_minutes``. Rerunning the same call
-resumes from the run directory's ``checkpoints/last.pt``; a finished run returns immediately.
+resumes from the run directory's newest checkpoint (``CheckpointDir.latest``: what ``checkpoints/last``
+names, or the newest intact step file if ``last`` is missing; ``resume_from`` picks one); a
+finished run returns immediately. Log records past the resumed step are dropped, so the log
+never repeats a step.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
 from elfkit.contracts import SupportsActivationCheckpointing, TrainData
@@ -49,9 +53,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """``checkpoint``: last.pt (None if nothing was saved); ``steps``: optimiser steps done in
-    total; ``final_loss``: mean loss of the last step; ``tokens_per_s``: global throughput of
-    this invocation; ``stopped``: 'completed', 'already-done', 'interrupted' or 'time-limit'."""
+    """``checkpoint``: the ``checkpoints/last`` pointer or the file resumed from (None if nothing
+    was saved); ``steps``: optimiser steps done in total; ``final_loss``: mean loss of the last
+    step; ``tokens_per_s``: global throughput of this invocation; ``stopped``: 'completed',
+    'already-done', 'interrupted' or 'time-limit'."""
 
     checkpoint: Path | None
     steps: int
@@ -114,19 +119,23 @@ def _micro_batch(train: Any, info: dist_utils.DistInfo) -> int:
     return train.batch_size // info.world_size
 
 
-def fit(components: Components, data: TrainData, run: RunDir, *, console: Console | None = None) -> TrainResult:
-    """Train ``components.backbone`` per ``components.recipe.train``; resumes from ``run`` if possible."""
+def fit(components: Components, data: TrainData, run: RunDir, *, console: Console | None = None,
+        resume_from: Path | None = None) -> TrainResult:
+    """Train ``components.backbone`` per ``components.recipe.train``; resumes from ``run`` (or from the
+    checkpoint file ``resume_from``) if possible."""
     info = dist_utils.setup()
     try:
-        return _Trainer(components, data, run, info, console).run()
+        return _Trainer(components, data, run, info, console, resume_from).run()
     finally:
         dist_utils.teardown(info)
 
 
 class _Trainer:
     def __init__(self, c: Components, data: TrainData, run: RunDir, info: dist_utils.DistInfo,
-                 console: Console | None) -> None:
+                 console: Console | None, resume_from: Path | None = None) -> None:
         self.c, self.data, self.rundir, self.info, self.console = c, data, run, info, console
+        self.resume_from = resume_from
+        self.resumed_path: Path | None = None
         self.train = c.recipe.train
         self.micro = _micro_batch(self.train, info)
         dist_utils.check_parallel(self.train.parallel, self.train.muon.implementation, info)
@@ -199,11 +208,14 @@ class _Trainer:
         return self.rundir.checkpoints.last
 
     def resume(self) -> bool:
-        saved = self.rundir.checkpoints.read_last()
-        if saved is None:
+        found = self.rundir.checkpoints.latest(self.resume_from)
+        if found is None:
             return False
+        saved, self.resumed_path = found.checkpoint, found.path
+        if found.note and self.info.is_main and self.console is not None:
+            self.console.print(f"[yellow]train: {escape(found.note)}")
         if saved.ema is None or saved.optimizer is None or saved.scheduler is None or saved.rng is None:
-            raise CheckpointError(f"{self.rundir.checkpoints.last} holds weights but no training state "
+            raise CheckpointError(f"{found.path} holds weights but no training state "
                                   "(EMA, optimizer, scheduler, RNG); training cannot resume from it")
         train_state.restore_training_state(self.model, self.optimizer, saved, optim_model=self.optim_view)
         self.ema.load_state_dict(saved.ema)
@@ -259,8 +271,10 @@ class _Trainer:
     def run(self) -> TrainResult:
         train, info = self.train, self.info
         resumed = self.resume()
+        if info.is_main:   # steps logged after the checkpoint we resume from are redone: drop them
+            self.rundir.trim_train_log(self.progress.step)
         if self.progress.step >= train.steps:
-            return TrainResult(self.rundir.checkpoints.last, self.progress.step, self.progress.loss, 0.0,
+            return TrainResult(self.resumed_path, self.progress.step, self.progress.loss, 0.0,
                                "already-done")
         if not resumed or info.world_size > 1:   # dropout etc.: a per-rank stream, reproducible from the step
             torch.manual_seed(micro_seed(self.c.recipe.seed, self.progress.step, 10_000 + info.rank))

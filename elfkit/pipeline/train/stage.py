@@ -7,7 +7,6 @@ the run's business, kept here so ``elfkit train``, ``elfkit run`` and sweeps beh
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,9 @@ from elfkit.registry import default_registry
 def checkpoint_kept(run_dir: Path) -> str:
     """What an interrupted training leaves: the newest checkpoint, or that none exists yet."""
     ckpts = RunDir(Path(run_dir)).checkpoints
-    # any checkpoint format's step files (step_N.<suffix>); temp files start with a dot
-    steps = sorted(int(m.group(1)) for p in (ckpts.path.iterdir() if ckpts.path.is_dir() else ())
-                   if (m := re.fullmatch(r"step_(\d+)\.\w+", p.name)))
+    steps = ckpts.steps()
     if steps:
-        return (f"The checkpoint at step {steps[-1]} is kept in {ckpts.path}; rerun the same command to resume "
+        return (f"The checkpoint at step {steps[-1][0]} is kept in {ckpts.path}; rerun the same command to resume "
                 "from it.")
     if ckpts.last.exists():
         return f"The last checkpoint {ckpts.last} is kept; rerun the same command to resume from it."
@@ -46,13 +43,20 @@ def _train_kept(args: Mapping[str, Any]) -> str:
 
 
 @interruptible("training", _train_kept)
-def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -> Path:
-    """Train (or resume, or skip if finished); returns the last checkpoint."""
+def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None,
+                resume_from: Path | None = None) -> Path:
+    """Train (or resume, or skip if finished) holding the run directory's lock; returns the last
+    checkpoint. ``resume_from`` picks the checkpoint file to resume from (default: the newest)."""
     console = console or Console(stderr=True)
     if recipe.distill is not None:
         raise RecipeError(f"recipe '{recipe.name}' has a `distill:` section: its rounds need the teacher, so run it "
                           "with `elfkit run` (docs/distillation.md)")
     run = RunDir(Path(run_dir))
+    with run.lock("train"):
+        return _train(recipe, run, console, resume_from)
+
+
+def _train(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | None) -> Path:
     resolved = run.write_recipe(recipe)
     fp = training_fingerprint(resolved)
     run.check_same_training(resolved)
@@ -64,7 +68,7 @@ def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -
     components = build_components(recipe, default_registry(recipe.plugins))
     splits = prepare_data(components, run, console)
     data = make_train_data(splits, components.embedder, cache_dir=data_cache_dir(recipe))
-    result = fit(components, data, run, console=console)
+    result = fit(components, data, run, console=console, resume_from=resume_from)
     if result.stopped == "interrupted":   # fit stopped cleanly on a signal, after a checkpoint
         raise Interrupted(last_signal())
     if result.stopped == "time-limit":   # a budgeted run: the budget is part of the recipe

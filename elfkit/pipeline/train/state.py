@@ -40,17 +40,25 @@ class Progress:
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every RNG stream as tensors and plain values (a checkpoint stores nothing else)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": np.random.get_state()}
+                             "numpy": plain_numpy_state(np.random.get_state(legacy=True))}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
+def plain_numpy_state(state: Any) -> tuple[str, list[int], int, int, float]:
+    """numpy's legacy RNG state tuple with its key array as a list of ints (also for older checkpoints)."""
+    name, key, pos, has_gauss, gauss = state
+    return str(name), [int(k) for k in key], int(pos), int(has_gauss), float(gauss)
+
+
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, pos, has_gauss, gauss = plain_numpy_state(state["numpy"])
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 

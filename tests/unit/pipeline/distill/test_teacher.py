@@ -7,7 +7,7 @@ import torch
 
 from elfkit.components.backbones import official_state_dict
 from elfkit.errors import CheckpointError, RecipeError
-from elfkit.pipeline.checkpoint import Checkpoint
+from elfkit.pipeline.checkpoint import Checkpoint, CheckpointDir
 from elfkit.pipeline.distill.teacher import load_teacher
 from elfkit.recipe.load import resolved_dict
 from elfkit.recipe.schema import DistillSection
@@ -22,9 +22,8 @@ def trained_run(tmp_path, components, **recipe_changes) -> str:
     recipe = resolved_dict(components.recipe)
     for section, change in recipe_changes.items():
         recipe[section] = {**recipe[section], **change}
-    ckpts = tmp_path / "teacher" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    Checkpoint(recipe=recipe, model=model.state_dict(), step=42, ema=ema).save(ckpts / "last.pt")
+    CheckpointDir(tmp_path / "teacher" / "checkpoints").write(
+        Checkpoint(recipe=recipe, model=model.state_dict(), step=42, ema=ema), keep=1)
     return str(tmp_path / "teacher")
 
 
@@ -33,7 +32,7 @@ def test_elfkit_run_directory_teacher_is_frozen_ema(tmp_path):
     source = trained_run(tmp_path, comps)
     teacher = load_teacher(source, comps)
     assert (teacher.kind, teacher.step) == ("elfkit", 42)
-    saved = Checkpoint.load(tmp_path / "teacher" / "checkpoints" / "last.pt")
+    saved = Checkpoint.load(tmp_path / "teacher" / "checkpoints" / "last")
     assert saved.ema is not None
     for k, v in teacher.module.state_dict().items():
         assert torch.equal(v, saved.ema[k])

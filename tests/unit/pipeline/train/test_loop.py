@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from elfkit.pipeline.checkpoint import Checkpoint
+from elfkit.pipeline.checkpoint import Checkpoint, load_checkpoint
 from elfkit.pipeline.rundir import RunDir
 from elfkit.pipeline.train.ema import EMA
 from elfkit.pipeline.train.loop import fit
@@ -25,12 +25,10 @@ def test_fit_writes_checkpoints_log_and_payload(tmp_path) -> None:
     result = fit(comps, data, RunDir(tmp_path))
     assert result.stopped == "completed" and result.steps == 10 and result.tokens_per_s > 0
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert files == ["last.pt", "step_10.pt", "step_8.pt"]          # step_4 pruned, keep 2
-    on_disk = torch.load(result.checkpoint, weights_only=False)      # the file format: a dict of these keys
-    for key in ("format", "recipe", "model", "step", "ema", "optimizer", "scheduler", "epoch",
-                "batches_in_epoch", "world_size", "micro_batch", "loss", "rng", "tokenizer"):
-        assert key in on_disk, key
-    ck = Checkpoint.load(result.checkpoint)
+    assert files == ["last", "step_10.safetensors", "step_8.safetensors"]   # step_4 pruned, keep 2
+    ck = load_checkpoint(result.checkpoint)
+    for key in ("ema", "optimizer", "scheduler", "rng"):   # the full training state
+        assert getattr(ck, key) is not None, key
     assert ck.step == 10 and ck.tokenizer == "random-table"
     assert ck.recipe["train"]["steps"] == 10
     assert set(ck.model) == set(comps.backbone.state_dict()) == set(ck.ema)
