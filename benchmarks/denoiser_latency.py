@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from _common import cpu_name  # benchmarks/ is the script directory, so on sys.path
 
 from elfkit.components.backbones import EagerRunner, ELFBackbone, ELFBackboneConfig, build_elf_backbone
 from elfkit.components.exporters import ExportSpec, export_backbone, load_runner, read_manifest
@@ -68,16 +68,6 @@ def parse_args() -> argparse.Namespace:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def p99(xs: list[float]) -> float:

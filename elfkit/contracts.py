@@ -336,7 +336,11 @@ class Sampler(Protocol):
 
     ``steps`` is the number of grid intervals; ``nfe(steps)`` the number of denoiser calls
     it will make (known before running, diffusers' ``order`` idea). The output holds the
-    final z and last x̂, both (B, S, D).
+    final z and last x̂, both (B, S, D); the step into t = 1 returns that x̂ exactly
+    (``elfkit.components.samplers.base.euler_step``), since the final z is what is decoded.
+
+    Optional: an ``order`` attribute (int, or None for stochastic configs) declares the
+    convergence order, which ``elfkit.testing.check_sampler`` measures on the Gaussian toy.
     """
 
     @property

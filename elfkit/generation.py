@@ -13,6 +13,7 @@ The pieces meet here and nowhere else:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 from elfkit.components.guidance.base import Guidance
 from elfkit.components.samplers.base import generator_device, sampling_grid
 from elfkit.components.targets import Target
-from elfkit.contracts import ModelRunner, Sampler, TimeDistribution
+from elfkit.contracts import Denoiser, ModelRunner, Sampler, TimeDistribution
 from elfkit.errors import ElfkitError
 from elfkit.records import ModelCapabilities, Prediction
 
@@ -139,6 +140,44 @@ class GenerationResult:
     nfe: int
 
 
+@dataclass(frozen=True)
+class DenoiseStep:
+    """One denoiser call during :func:`generate`, as a per-step callback sees it.
+
+    index: the call's number (0 … nfe−1); t: (B,) its time; z: (B, S, D) the latent it was
+    called at; x_hat: (B, S, D) the (guided, condition-pinned) clean estimate it returned.
+    Tensors are the sampler's own: clone what you keep.
+    """
+
+    index: int
+    t: Tensor
+    z: Tensor
+    x_hat: Tensor
+
+
+StepCallback = Callable[[DenoiseStep], None]
+
+
+def observed(denoiser: Denoiser, on_step: StepCallback) -> Denoiser:
+    """``denoiser`` reporting every call to ``on_step`` (the sampler sees no difference)."""
+    calls = 0
+
+    def call(z: Tensor, t: Tensor, self_cond: Tensor | None = None) -> Prediction:
+        nonlocal calls
+        pred = denoiser(z, t, self_cond)
+        on_step(DenoiseStep(calls, t, z, pred.x))
+        calls += 1
+        return pred
+    return call
+
+
+def decode_tokens(runner: ModelRunner, guidance: Guidance, z: Tensor) -> Tensor:
+    """Token ids (B, S): the decoder's argmax at latents z (B, S, D), with the guidance's w token."""
+    w = guidance.decode_scale(runner.capabilities)
+    w_tok = None if w is None else torch.full((z.shape[0],), float(w), dtype=z.dtype, device=z.device)
+    return runner.decode(z, w_tok).argmax(dim=-1)
+
+
 def _check_condition(condition: Condition, shape: tuple[int, int, int]) -> None:
     if tuple(condition.latents.shape) != shape:
         raise ElfkitError(f"condition latents have shape {tuple(condition.latents.shape)}, but generation "
@@ -150,7 +189,8 @@ def _check_condition(condition: Condition, shape: tuple[int, int, int]) -> None:
 
 def generate(runner: ModelRunner, target: Target, sampler: Sampler, grid_time: TimeDistribution, guidance: Guidance, *,
              num: int, length: int, generator: torch.Generator | None, condition: Condition | None = None,
-             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> GenerationResult:
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+             on_step: StepCallback | None = None) -> GenerationResult:
     """Generate one batch of ``num`` sequences of ``length`` tokens.
 
     The grid (:func:`~elfkit.components.samplers.base.sampling_grid`: ``sampler.steps``
@@ -163,6 +203,9 @@ def generate(runner: ModelRunner, target: Target, sampler: Sampler, grid_time: T
         target: the prediction target, bound to the flow path (``target.bind(path)``).
         grid_time: a time component (``grid(steps, generator, device) -> (K+1,)``).
         condition: clean condition latents for conditional tasks (shape (num, length, D)).
+        on_step: called after every denoiser call with its :class:`DenoiseStep` (the
+            intermediate trajectory: e.g. decode ``x_hat`` to watch text crystallise). The
+            final *z* is what gets decoded; the step into t = 1 makes it the last x̂.
     """
     caps = runner.capabilities
     shape = (num, length, caps.latent_dim)
@@ -176,11 +219,12 @@ def generate(runner: ModelRunner, target: Target, sampler: Sampler, grid_time: T
                                 dtype=dtype).to(device)                                   # (B, S, D)
         evaluate = ModelEvaluator(runner, target, condition)
         z0 = evaluate.pin_latent(z0)
-        out = sampler(guidance.denoiser(evaluate), z0, grid, noise_scale=path.noise_scale, generator=generator)
+        denoiser = guidance.denoiser(evaluate)
+        if on_step is not None:
+            denoiser = observed(denoiser, on_step)
+        out = sampler(denoiser, z0, grid, noise_scale=path.noise_scale, generator=generator)
         z = evaluate.pin_latent(out.z)
-        w = guidance.decode_scale(caps)
-        w_tok = None if w is None else torch.full((num,), float(w), dtype=z.dtype, device=z.device)
-        token_ids = runner.decode(z, w_tok).argmax(dim=-1)                                  # (B, S)
+        token_ids = decode_tokens(runner, guidance, z)                                      # (B, S)
     return GenerationResult(token_ids=token_ids, z=z, nfe=out.nfe * guidance.passes(caps))
 
 

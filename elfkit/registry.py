@@ -8,6 +8,7 @@ Built-in components are plugins like any other: each built-in module implements
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -47,6 +48,50 @@ BUILTIN_MODULES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
+class PluginSource:
+    """Where a plugin's code came from, for provenance: a one-file plugin (absolute path and
+    sha256 of its bytes) or an installed distribution (name and version, via its entry point)."""
+
+    file: str | None = None
+    sha256: str | None = None
+    distribution: str | None = None
+    version: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def describe(self) -> str:
+        if self.file is not None:
+            return f"file {self.file} (sha256 {(self.sha256 or '?')[:12]}…)"
+        return f"distribution {self.distribution} {self.version or ''}".rstrip()
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def missing_sources(entries: Iterable[dict[str, Any]]) -> list[str]:
+    """What a recipe's ``provenance`` names that this process cannot load, one message each:
+    a plugin file that is gone, or a distribution that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+    problems = []
+    for e in entries:
+        what = f"{e.get('component', '?')} came from"
+        if e.get("file"):
+            if not Path(e["file"]).is_file():
+                problems.append(f"{what} the plugin file {e['file']} (sha256 {str(e.get('sha256', '?'))[:12]}…), "
+                                "which is missing: restore it, or point `plugins:` and `provenance:` at its new place")
+        elif e.get("distribution"):
+            try:
+                version(e["distribution"])
+            except PackageNotFoundError:
+                pin = f"=={e['version']}" if e.get("version") else ""
+                problems.append(f"{what} the distribution {e['distribution']} {e.get('version', '')}".rstrip()
+                                + f", which is not installed: pip install '{e['distribution']}{pin}'")
+    return problems
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
     kind: str
     name: str
@@ -54,6 +99,8 @@ class ComponentSpec:
     config: type[BaseModel]
     provider: str
     description: str = ""
+    source: PluginSource | None = None
+    """None for elfkit's built-ins."""
 
     def build(self, config: BaseModel | dict[str, Any] | None = None) -> Any:
         cfg = config if isinstance(config, BaseModel) else self.config(**(config or {}))
@@ -85,7 +132,15 @@ class Registry:
                 "pydantic BaseModel subclass")
         key = (spec.kind, spec.name)
         if key in self.components:
-            other = self.components[key].provider
+            old = self.components[key]
+            if _file_overrides_installed(old, spec):
+                # developing an installed plugin: the file passed by hand wins, and says so
+                self.components[key] = spec
+                self.problems.append(PluginProblem(spec.provider, (
+                    f"{spec.kind} '{spec.name}' is also provided by the installed {old.provider}; using the "
+                    "file (uninstall the package or drop the --plugin file to silence this)")))
+                return
+            other = old.provider
             raise RegistryError(
                 f"duplicate {spec.kind} '{spec.name}': registered by both '{other}' and "
                 f"'{spec.provider}'; rename one of them or uninstall a plugin")
@@ -103,7 +158,9 @@ class Registry:
             hint = difflib.get_close_matches(name, names, n=1)
             did = f" Did you mean '{hint[0]}'?" if hint else ""
             raise RegistryError(
-                f"unknown {kind} '{name}'. Registered {kind}s: {', '.join(names) or '(none)'}.{did}")
+                f"unknown {kind} '{name}'. Registered {kind}s: {', '.join(names) or '(none)'}.{did} A plugin's "
+                f"{kind} must be loaded first: `elfkit --plugin FILE.py …`, `plugins: [FILE.py]` in the recipe, or "
+                "an installed package with an `elfkit` entry point (`elfkit plugins list` shows what is loaded).")
         return spec
 
     def build(self, kind: str, name: str, config: BaseModel | dict[str, Any] | None = None) -> Any:
@@ -113,17 +170,24 @@ class Registry:
         return iter(sorted(self.components.values(), key=lambda s: (s.kind, s.name)))
 
 
-class ComponentRegistrar:
-    """What ``elfkit_register_components`` receives: ``add`` records the calling plugin."""
+def _file_overrides_installed(old: ComponentSpec, new: ComponentSpec) -> bool:
+    return (new.source is not None and new.source.file is not None
+            and old.source is not None and old.source.distribution is not None)
 
-    def __init__(self, registry: Registry, provider: str) -> None:
+
+class ComponentRegistrar:
+    """What ``elfkit_register_components`` receives: ``add`` records the calling plugin (and
+    where its code came from)."""
+
+    def __init__(self, registry: Registry, provider: str, source: PluginSource | None = None) -> None:
         self._registry = registry
         self._provider = provider
+        self._source = source
 
     def add(self, kind: str, name: str, factory: Callable[[Any], Any],
             config: type[BaseModel], description: str = "") -> None:
         desc = description or (factory.__doc__ or "").strip().split("\n")[0]
-        self._registry.add(ComponentSpec(kind, name, factory, config, self._provider, desc))
+        self._registry.add(ComponentSpec(kind, name, factory, config, self._provider, desc, self._source))
 
 
 # ----------------------------------------------------------------------------------------
@@ -166,6 +230,7 @@ def build_registry(plugin_files: Sequence[str | Path] = (), *, entry_points: boo
     pm.add_hookspecs(hookspecs)
     registry = Registry(plugin_manager=pm)
     labels: dict[int, str] = {}
+    sources: dict[int, PluginSource] = {}
 
     def problem(plugin: str, message: str) -> None:
         if strict:
@@ -175,7 +240,7 @@ def build_registry(plugin_files: Sequence[str | Path] = (), *, entry_points: boo
     for mod in BUILTIN_MODULES:
         pm.register(importlib.import_module(mod), name=mod)
     if entry_points:
-        for ep, dist in _iter_entry_points():
+        for ep, dist, version in _iter_entry_points():
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue
             try:
@@ -184,11 +249,14 @@ def build_registry(plugin_files: Sequence[str | Path] = (), *, entry_points: boo
                 problem(f"{dist} ({ep.name})", f"failed to import: {type(exc).__name__}: {exc}")
                 continue
             labels[id(plugin)] = f"{dist} ({ep.name})"
+            sources[id(plugin)] = PluginSource(distribution=dist, version=version)
             _register_checked(pm, plugin, ep.name, problem, label=labels[id(plugin)])
     for obj in extra_plugins:
         _register_checked(pm, obj, None, problem, label=getattr(obj, "__name__", repr(obj)))
     for f in plugin_files:
         module = load_file_plugin(f)
+        sources[id(module)] = PluginSource(file=str(Path(f).expanduser().resolve()), sha256=file_sha256(f))
+
         def raise_problem(plugin: str, message: str) -> None:
             raise RegistryError(f"plugin '{plugin}': {message}")
         _register_checked(pm, module, f"file:{f}", raise_problem, label=str(f))
@@ -196,7 +264,7 @@ def build_registry(plugin_files: Sequence[str | Path] = (), *, entry_points: boo
     for impl in pm.hook.elfkit_register_components.get_hookimpls():
         label = _plugin_label(pm, impl.plugin, labels)
         try:
-            impl.function(registry=ComponentRegistrar(registry, label))
+            impl.function(registry=ComponentRegistrar(registry, label, sources.get(id(impl.plugin))))
         except RegistryError as exc:
             if impl.plugin_name.startswith("file:"):
                 raise
@@ -239,7 +307,7 @@ def _iter_entry_points():
         for ep in dist.entry_points:
             if ep.group == ENTRY_POINT_GROUP and (ep.name, ep.value) not in seen:
                 seen.add((ep.name, ep.value))
-                yield ep, dist.metadata["Name"]
+                yield ep, dist.metadata["Name"], dist.version
 
 
 _CACHE: dict[tuple[str, ...], Registry] = {}

@@ -261,9 +261,14 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: run dire
 @friendly
 def recipe_validate(files: Annotated[list[Path], typer.Argument(help="Recipe YAML files.")],
                     set_: SetOpt = None, plugin: PluginOpt = None) -> None:
-    """Check recipes against the schema and the registry."""
+    """Check recipes against the schema and the registry (and every value of a ``sweep:`` grid)."""
     for f in files:
-        _load(f, set_, plugin)
+        recipe = _load(f, set_, plugin)
+        if recipe.sweep is not None and recipe.sweep.grid:
+            from elfkit.pipeline.sweep import check_grid
+            from elfkit.registry import default_registry
+            registry = default_registry([*_plugins(plugin), *recipe.plugins])
+            check_grid(f, recipe.sweep.grid, set_ or [], registry=registry)
         out.print(f"[green]ok[/] {escape(str(f))}")
 
 

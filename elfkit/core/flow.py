@@ -9,6 +9,11 @@ The path's constants are declared once, here: :data:`NOISE_SCALE`, :data:`T_EPS`
 :data:`T_MIN` are ELF's values and the defaults of :class:`FlowPath`, the recipe's ``path``
 section and export.
 
+In the notation of diffusion samplers the path is ``z_t = α(t)·x + σ(t)·ε₀`` with
+``α(t) = t`` and ``σ(t) = s·(1−t)``; :func:`alpha`, :func:`sigma`, :func:`half_log_snr` (λ),
+:func:`log_snr` and :func:`ve_sigma` (k-diffusion's σ) and their inverses are here, so
+samplers written for another parameterisation can be ported without re-deriving them.
+
 Two clamps keep the conversions finite (reference: ELF ``t_eps=0.05``):
 - anything divided by ``1−t`` (x → v, x → ε) uses ``max(1−t, t_eps)``;
 - anything divided by ``t`` (ε → x, ε → v) uses ``max(t, t_min)``.
@@ -16,6 +21,7 @@ Two clamps keep the conversions finite (reference: ELF ``t_eps=0.05``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +87,43 @@ def v_to_x(v_hat: Tensor, z: Tensor, t: Tensor) -> Tensor:
 def v_to_eps(v_hat: Tensor, z: Tensor, t: Tensor) -> Tensor:
     """``ε̂ = z − t·v̂``: no singularity."""
     return z - expand_time(t, z) * v_hat
+
+
+# --- the path's coefficients ---------------------------------------------------------
+def alpha(t: Tensor) -> Tensor:
+    """Signal coefficient ``α(t) = t`` of ``z_t = α·x + σ·ε₀``."""
+    return t
+
+
+def sigma(t: Tensor, noise_scale: float = NOISE_SCALE) -> Tensor:
+    """Noise coefficient ``σ(t) = s·(1−t)`` of ``z_t = α·x + σ·ε₀`` (ε₀ unit Gaussian)."""
+    return noise_scale * (1 - t)
+
+
+def half_log_snr(t: Tensor, noise_scale: float = NOISE_SCALE) -> Tensor:
+    """``λ(t) = log(α/σ) = logit(t) − log s``: DPM-Solver's time variable; −∞ at t=0, +∞ at t=1."""
+    return torch.log(t) - torch.log1p(-t) - math.log(noise_scale)
+
+
+def log_snr(t: Tensor, noise_scale: float = NOISE_SCALE) -> Tensor:
+    """``log SNR(t) = log(α²/σ²) = 2λ(t)``."""
+    return 2 * half_log_snr(t, noise_scale)
+
+
+def ve_sigma(t: Tensor, noise_scale: float = NOISE_SCALE) -> Tensor:
+    """The variance-exploding σ of the same path, ``σ/α = s(1−t)/t``: ``z_t/t = x + σ_VE·ε₀``
+    is k-diffusion's ``x = denoised + sigma·noise`` (∞ at t=0, 0 at t=1)."""
+    return noise_scale * (1 - t) / t
+
+
+def t_from_ve_sigma(sigma_ve: Tensor, noise_scale: float = NOISE_SCALE) -> Tensor:
+    """Inverse of :func:`ve_sigma`: ``t = s/(s + σ_VE)``."""
+    return noise_scale / (noise_scale + sigma_ve)
+
+
+def t_from_half_log_snr(lam: Tensor, noise_scale: float = NOISE_SCALE) -> Tensor:
+    """Inverse of :func:`half_log_snr`: ``t = sigmoid(λ + log s)``."""
+    return torch.sigmoid(lam + math.log(noise_scale))
 
 
 # --- the path as a value ------------------------------------------------------------------

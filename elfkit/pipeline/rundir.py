@@ -31,7 +31,7 @@ from elfkit.recipe.load import dump_yaml, resolved_dict
 from elfkit.recipe.schema import Recipe
 
 # recipe sections that do not change what training produces
-NON_TRAINING_KEYS = ("name", "description", "sample", "eval", "sweep", "plugins")
+NON_TRAINING_KEYS = ("name", "description", "sample", "eval", "sweep", "plugins", "provenance")
 
 
 LOCK = ".lock"

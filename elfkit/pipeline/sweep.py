@@ -14,7 +14,9 @@ is prepared) are copied into each sampling directory for its reference rows.
 
 Outputs: ``sweep.md`` (table + plot), ``sweep.csv`` (one row per setting: the grid keys,
 then ``<metric>`` and ``<metric>_stderr`` per metric) and ``frontier.png`` (Gen. PPL vs
-entropy, one curve per training setting, the real-text entropy as a reference line).
+entropy: the swept step count as the points of a line, one line per setting of the other keys
+— one per sampler when the grid sweeps ``sampler`` and ``sampler.steps`` —, real and shuffled
+text as reference markers, the real-text entropy as a reference line).
 """
 
 from __future__ import annotations
@@ -78,6 +80,30 @@ def parse_grid(grid: dict[str, Sequence[Any]]) -> list[GridKey]:
     return out
 
 
+def check_grid(recipe_path: Path, grid: Mapping[str, Sequence[Any]], overrides: Sequence[str] = (), *,
+               registry: Registry | None = None) -> None:
+    """Validate every value of every grid key as the sweep would apply it; raise one
+    :class:`RecipeError` listing each bad key or value (``recipe validate`` runs this)."""
+    problems: list[str] = []
+    try:
+        keys = parse_grid(dict(grid))
+    except RecipeError as exc:
+        raise RecipeError(f"{recipe_path}: {exc}") from None
+    for k in keys:
+        for i, v in enumerate(k.values):
+            try:
+                load_recipe(recipe_path, [*overrides, *to_overrides({k.label: v}, [k])], registry=registry)
+            except RecipeError as exc:
+                hint = ""
+                if k.key.endswith(".name") and isinstance(v, dict):
+                    hint = (f" ('{k.label}' is short for {k.key}, a name; to sweep whole component configs "
+                            f"use the key {k.key.removesuffix('.name')})")
+                first = str(exc).splitlines()[0]
+                problems.append(f"sweep.grid.{k.label}[{i}] = {json.dumps(v)} (as {k.key}){hint}: {first}")
+    if problems:
+        raise RecipeError(f"{recipe_path}: the sweep grid has values that do not validate:\n" + "\n".join(problems))
+
+
 def combos(keys: Sequence[GridKey]) -> list[dict[str, Any]]:
     """Cartesian product as {label: value} dicts, in grid order (one empty dict for no keys)."""
     labels = [k.label for k in keys]
@@ -109,6 +135,47 @@ def slug(setting: dict[str, Any], fp: str) -> str:
 
 def describe(setting: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_short(v)}" for k, v in setting.items()) or "base"
+
+
+def _steps_in(value: Any) -> Any:
+    return value.get("steps") if isinstance(value, dict) else None
+
+
+def frontier_curves(results: Sequence[SettingResult],
+                    keys: Sequence[GridKey]) -> tuple[dict[str, list[FrontierPoint]], str]:
+    """The frontier's lines and what their points are.
+
+    The point axis is the swept step count (a ``*.steps`` key, or the ``steps`` of whole
+    sampler configs); without one, the last sampling key. Every other key's value names the
+    line, so sweeping ``sampler`` × ``sampler.steps`` gives one line per sampler with its step
+    counts as labelled points, in step order.
+    """
+    sampling = [k for k in keys if k.sampling]
+    axis = next((k for k in sampling if k.key.endswith(".steps")), None)
+    whole = None if axis is not None else next(
+        (k for k in sampling if all(_steps_in(v) is not None for v in k.values)), None)
+    if axis is None and whole is None and sampling:
+        axis = sampling[-1]
+    curves: dict[str, list[tuple[float, FrontierPoint]]] = {}
+    for r in results:
+        setting = {**r.train, **r.sample}
+        line, label, order = [], "", 0.0
+        for k in keys:
+            v = setting[k.label]
+            if k is axis:
+                label = f"{_short(v)}" if k.key.endswith(".steps") else f"{k.label.split('.')[-1]}={_short(v)}"
+                order = float(v) if isinstance(v, int | float) else 0.0
+            elif k is whole:
+                label, order = f"{_steps_in(v)}", float(_steps_in(v))
+                line.append(f"{k.label}={_short({kk: vv for kk, vv in v.items() if kk != 'steps'})}")
+            else:
+                line.append(f"{k.label}={_short(v)}")
+        p = frontier_point(r.rows, label=label)
+        if p is not None:
+            curves.setdefault(", ".join(line) or "samples", []).append((order, p))
+    points = "steps" if (axis is not None and axis.key.endswith(".steps")) or whole is not None else (
+        axis.label if axis is not None else "settings")
+    return {name: [p for _, p in sorted(pts, key=lambda op: op[0])] for name, pts in curves.items()}, points
 
 
 # ----------------------------------------------------------------------------------------
@@ -234,21 +301,19 @@ def write_sweep_outputs(results: Sequence[SettingResult], keys: Sequence[GridKey
         w.writerows(lines)
     csv_path.with_suffix(".csv.tmp").replace(csv_path)
 
-    # frontier: one curve per training setting
-    curves: dict[str, list[FrontierPoint]] = {}
-    for r in results:
-        p = frontier_point(r.rows, label=describe(r.sample) if r.sample else "")
-        if p is not None:
-            curves.setdefault(describe(r.train), []).append(p)
+    # frontier: one line per setting of the non-step keys, the step counts as its points
+    curves, points = frontier_curves(results, keys)
     real = next((p for r in results if (p := frontier_point(r.rows, "real text"))), None)
+    shuffled = next((p for r in results if (p := frontier_point(r.rows, "shuffled text"))), None)
     real_entropy = real.entropy if real else next(
         (e.mean for r in results if (e := pick(r.rows, "entropy", "real text", GPT2_ENTROPY_JUDGE))), None)
     plot = None
     if curves:
         judge = next((m.judge for r in results if (m := pick(r.rows, "gen_ppl"))), None)
+        refs = {name: p for name, p in (("real text", real), ("shuffled text", shuffled)) if p is not None}
         plot = frontier_plot(curves, out_dir / "frontier.png", reference_entropy=real_entropy, judge=judge,
-                             reference_points={"real text": real} if real else {},
-                             title="Gen. PPL vs entropy per training setting")
+                             reference_points=refs, sort_by_entropy=False,
+                             title=f"Gen. PPL vs entropy; points: {points}")
 
     # markdown
     body = []

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from elfkit.errors import RecipeError, RegistryError
 from elfkit.recipe.schema import COMPONENT_SLOTS, ComponentRef, Recipe
-from elfkit.registry import Registry, default_registry
+from elfkit.registry import Registry, default_registry, missing_sources
 
 Loc = tuple[str | int, ...]
 Overridden = Mapping[Loc, str]
@@ -269,6 +269,7 @@ def resolve(recipe: Recipe, registry: Registry, source: str = "<recipe>",
             where = _where(source, lines, loc + ("name",), overridden)
             errors.append(f"{where}: {'.'.join(map(str, loc))}.name: {exc}")
             continue
+        ref._source = spec.source
         try:
             ref._config = spec.config(**ref.params)
         except ValidationError as exc:
@@ -382,6 +383,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, registry: Re
     path = Path(path)
     data, lines = read_yaml(path)
     data = apply_overrides(data, overrides)
+    gone = missing_sources(data.get("provenance") or [])
+    if gone:
+        raise RecipeError("\n".join(f"{path}: provenance: {g}" for g in gone))
     overridden = override_locations(overrides)
     # a location an override replaced no longer comes from its line in the file
     lines = {loc: n for loc, n in lines.items() if not any(loc[:len(o)] == o for o in overridden)}
@@ -415,6 +419,21 @@ def resolved_dict(recipe: Recipe) -> dict[str, Any]:
     for i, ref in enumerate(recipe.eval.evaluators):
         if (slot := filled(ref)) is not None:
             evaluators[i] = slot
+    # provenance: the plugin behind every non-built-in component, fresh from this resolution;
+    # --plugin files join `plugins` so validating the run's recipe loads them again
+    out.pop("provenance", None)
+    refs = [(kind, _get(recipe, path)) for path, kind in COMPONENT_SLOTS]
+    refs += [("evaluator", ref) for ref in recipe.eval.evaluators]
+    provenance: list[dict[str, Any]] = []
+    for kind, ref in refs:
+        if ref is not None and ref._source is not None:
+            entry = {"component": f"{kind}/{ref.name}", **ref._source.as_dict()}
+            if entry not in provenance:
+                provenance.append(entry)
+    if provenance:
+        files = [e["file"] for e in provenance if "file" in e]
+        out["plugins"] = list(dict.fromkeys([*out.get("plugins", []), *files]))
+        out["provenance"] = provenance
     return out
 
 

@@ -31,6 +31,7 @@ class ComponentRef(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     _config: Any = PrivateAttr(default=None)
+    _source: Any = PrivateAttr(default=None)     # the registry's PluginSource; None for built-ins
 
     @model_validator(mode="before")
     @classmethod
@@ -85,6 +86,10 @@ class MuonSection(BaseModel):
     ns_dtype: Literal["fp32", "bf16"] = "fp32"
     """Precision of the reference implementation's Newton–Schulz iterations: 'fp32' as optax
     (ELF); 'bf16' as Keller Jordan's original Muon, ~3× faster on CPUs with bf16 matmuls."""
+    ns_method: Literal["direct", "gram"] = "direct"
+    """'direct': the five steps on the matrix itself, as optax (ELF). 'gram': the same polynomial
+    through the r×r Gram matrix for matrices whose long side is ≥ 2× the short one (the
+    unembedding): ~5× fewer FLOPs there, different rounding (docs/optimisation.md)."""
 
 
 class TrainSection(BaseModel):
@@ -153,6 +158,18 @@ class SweepSection(BaseModel):
     """Dotted recipe key → values; the sweep is the cartesian product."""
 
 
+class PluginProvenance(BaseModel):
+    """Which plugin provided a component of a run (written by elfkit into the resolved recipe)."""
+
+    model_config = STRICT
+    component: str
+    """``kind/name``, e.g. ``sampler/my-sampler``."""
+    file: str | None = None
+    sha256: str | None = None
+    distribution: str | None = None
+    version: str | None = None
+
+
 class DistillRound(BaseModel):
     """One round of progressive distillation: the student learns spans of 1/student_steps."""
 
@@ -219,6 +236,9 @@ class Recipe(BaseModel):
     seed: int = 0
     plugins: list[str] = Field(default_factory=list)
     """One-file plugins (paths relative to the recipe file) loaded before validation."""
+    provenance: list[PluginProvenance] = Field(default_factory=list)
+    """Written, not typed: the plugin (file + sha256, or distribution + version) behind each
+    non-built-in component of a run's resolved recipe; validation says which one is missing."""
     data: ComponentRef
     embedder: ComponentRef
     backbone: ComponentRef

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
+import traceback
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +20,20 @@ class ConformanceError(AssertionError):
 
 def fail(check: str, message: str) -> ConformanceError:
     return ConformanceError(f"[{check}] {message}")
+
+
+def author_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` without the kit's own frames: where the component's code failed
+    (an author's bare ``assert`` shows its source line here, not just ``AssertionError:``)."""
+    kit = os.path.dirname(os.path.abspath(__file__))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(kit)]
+    lines = traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
+    return "Traceback (the component's own frames):\n" + "".join(lines).rstrip()
+
+
+def raised(check: str, exc: BaseException, what: str = "") -> ConformanceError:
+    """A :class:`ConformanceError` for an exception the component raised during ``check``."""
+    return fail(check, f"{what or 'the component'} raised {type(exc).__name__}: {exc}\n{author_traceback(exc)}")
 
 
 def _config_type(factory: Callable[..., Any]) -> type[BaseModel] | None:

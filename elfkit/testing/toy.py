@@ -44,6 +44,12 @@ class GaussianToy:
         var = torch.tensor(self.std, dtype=like.dtype, device=like.device) ** 2
         return mu, var
 
+    def exact_flow_end(self, z0: Tensor) -> Tensor:
+        """Where the probability-flow ODE carries z₀ at t = 1: ``μ + (σ/s)·z₀`` (the flow of a
+        Gaussian is the monotone affine map between the two Gaussians)."""
+        mu, var = self._params(z0)
+        return mu + var.sqrt() / self.noise_scale * z0
+
     def x_hat(self, z: Tensor, t: Tensor) -> Tensor:
         """Exact E[x | z_t = z]; z: (B, S, D), t: (B,)."""
         mu, var = self._params(z)

@@ -11,8 +11,8 @@ step, evaluates the velocity again at its end, and averages the two slopes::
 **The last interval is a plain Euler step.** Its corrector would evaluate the model at
 t = 1, where an x-predicting model's velocity ``(x̂ − z)/max(1 − t, t_eps)`` is clamped
 (ELF: t_eps = 0.05, so the slope would be off by the clamp, not 1−t = 0) and where the
-network was never trained to denoise. The Euler step from t_{K−1} instead lands exactly on
-the model's x̂ — the best estimate there is (EDM ends the same way, at σ = 0).
+network was never trained to denoise. The Euler step from t_{K−1} instead returns the
+model's x̂ exactly (``euler_step``) — the best estimate there is (EDM ends the same way, at σ = 0).
 
 So ``nfe(steps) = 2·steps − 1``. The corrector at t_{i+1} is still inside the clamp zone when
 t_{i+1} > 1 − t_eps (fine uniform grids); ELF's logit-normal grid stops near t ≈ 0.55.
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from elfkit import hookimpl
-from elfkit.components.samplers.base import ConfigSteps, SamplerConfig, as_grid, batch_time
+from elfkit.components.samplers.base import ConfigSteps, SamplerConfig, as_grid, batch_time, euler_step
 from elfkit.contracts import Denoiser
 from elfkit.records import SamplerOutput
 
@@ -43,6 +43,8 @@ class HeunConfig(SamplerConfig):
 class HeunSampler(ConfigSteps[HeunConfig]):
     """Second-order, deterministic; Euler on the last interval. Holds only its config
     (``steps`` comes from it through :class:`ConfigSteps`)."""
+
+    order = 2
 
     def __init__(self, cfg: HeunConfig) -> None:
         self.cfg = cfg
@@ -66,7 +68,7 @@ class HeunSampler(ConfigSteps[HeunConfig]):
             x_hat = second.x
         t, t_next = grid[n - 1], grid[n]                              # last interval: Euler
         last = denoiser(z, batch_time(t, z), x_hat)
-        z = z + (t_next - t) * last.v
+        z = euler_step(z, last, t, t_next)                            # x̂ exactly into t = 1
         return SamplerOutput(z=z, x_hat=last.x, nfe=2 * n - 1)
 
 

@@ -42,7 +42,17 @@ def test_run_writes_a_readable_run_directory_and_skips_finished_stages(tmp_path)
     assert "ema_decay: 0.9999" in resolved and "loss_space: v" in resolved   # defaults filled in
     samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and all(s["seed"] == 0 for s in samples)
-    assert "## Metrics" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "## Metrics" in report and "## Denoising" in report            # one sample's decoded x̂ path
+    assert len(json.loads((run_dir / "denoising.json").read_text())) >= 2
+
+    # `elfkit sample --out` brings the run's references along for its evaluation
+    out = tmp_path / "resampled"
+    sampled = subprocess.run([*ELFKIT, "sample", str(run_dir / "checkpoints" / "last"), "--out", str(out)],
+                             env=_env(tmp_path), capture_output=True, text=True)
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert (out / "references.jsonl").read_bytes() == (run_dir / "references.jsonl").read_bytes()
+    assert (out / "samples.jsonl").is_file() and (out / "denoising.json").is_file()
 
     stamp = (run_dir / "checkpoints" / "last").stat().st_mtime
     second = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True)

@@ -184,3 +184,18 @@ def test_postprocess_conditional_shifts_and_cuts_before_eos():
     ids = torch.tensor([[9, 9, 1, 5, 6, 1, 7], [9, 1, 5, 6, 7, 8, 2]])
     out = postprocess(ids, eos_id=1, pad_id=0, cond_len=torch.tensor([3, 2]), gen_length=3)
     assert out == [[5, 6], [5, 6, 7]]
+
+
+def test_generate_reports_every_denoiser_call_without_changing_the_result():
+    cond = _condition()
+    args = (X, SdeSampler(SdeConfig(steps=5, gamma=1.0)), LogitNormalTime(LogitNormalConfig()),
+            SelfCondGuidance(SelfCondConfig(scale=2.0)))
+    kw = dict(num=3, length=6, condition=cond)
+    seen = []
+    a = generate(StubRunner(), *args, generator=torch.Generator().manual_seed(4), on_step=seen.append, **kw)
+    b = generate(StubRunner(), *args, generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(a.z, b.z) and torch.equal(a.token_ids, b.token_ids)
+    assert [s.index for s in seen] == [0, 1, 2, 3, 4] and all(s.t.shape == (3,) for s in seen)
+    assert torch.equal(seen[-1].x_hat, a.z)                 # the step into t = 1 lands on the last x̂
+    m = cond.mask.unsqueeze(-1)
+    assert torch.equal(torch.where(m, seen[0].x_hat, 0.0), torch.where(m, cond.latents, 0.0))   # pinned

@@ -419,9 +419,9 @@ class ELFBackbone(nn.Module):
         if not self.cfg.decoder_head:
             raise BackboneInputError("this backbone was built with decoder_head=false; it cannot produce logits")
         unembed = self.unembed_table.t() if self.tied else self.unembed_kernel
-        with torch.autocast(hidden.device.type, enabled=False):
-            h = F.gelu(hidden.float() @ self.proj_kernel.float() + self.proj_bias.float(), approximate="tanh")
-            return h @ unembed.float() + self.unembed_bias.float()
+        with torch.autocast(hidden.device.type, enabled=False):   # F.linear: one fused matmul + bias (addmm)
+            h = F.gelu(F.linear(hidden.float(), self.proj_kernel.float().T, self.proj_bias.float()), approximate="tanh")
+            return F.linear(h, unembed.float().T, self.unembed_bias.float())
 
 
 def build_elf_backbone(cfg: ELFBackboneConfig) -> ELFBackbone:

@@ -20,6 +20,7 @@ from torch import Tensor
 from elfkit.config import ComponentConfig
 from elfkit.contracts import Sampler, TimeDistribution
 from elfkit.errors import ElfkitError
+from elfkit.records import Prediction
 
 
 class SamplerConfig(ComponentConfig):
@@ -76,6 +77,22 @@ def as_grid(grid: Tensor, z: Tensor) -> Tensor:
     if z.dim() != 3:
         raise ElfkitError(f"samplers integrate latents of shape (B, S, D), got shape {tuple(z.shape)}")
     return grid.to(device=z.device, dtype=z.dtype)
+
+
+def euler_step(z: Tensor, pred: Prediction, t: Tensor, t_next: Tensor) -> Tensor:
+    """One Euler step ``z + (t_next − t)·v̂``, except that a step *into t = 1* returns x̂ exactly.
+
+    The flow's limit at t = 1 is the model's x̂ (``z_1 = x``). Integrating the reported
+    velocity instead is only equal to x̂ while ``1 − t > t_eps``: an x-predicting model's
+    ``v̂ = (x̂ − z)/max(1 − t, 0.05)`` is clamped, so on a fine uniform grid (last interior
+    time above 0.95) the last step would stop short of x̂ and decode noise. Every sampler's
+    last interval should end here (or return ``pred.x`` itself).
+
+    Args:
+        z: (B, S, D) latent at ``t``; ``pred``: the denoiser's prediction at (z, t);
+        t, t_next: 0-dim grid times (a tensor comparison, so no device sync).
+    """
+    return torch.where(t_next >= 1, pred.x, z + (t_next - t) * pred.v)
 
 
 def batch_time(t: Tensor, z: Tensor) -> Tensor:

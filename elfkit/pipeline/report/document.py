@@ -23,6 +23,7 @@ from elfkit.pipeline.report.aggregate import MetricRow
 from elfkit.pipeline.report.plots import frontier_plot, line_plot
 from elfkit.pipeline.report.table import fmt, frontier_point, md_table, metrics_table, pick
 from elfkit.pipeline.rundir import RunDir
+from elfkit.pipeline.sample import DENOISING_FILE, read_denoising
 from elfkit.pipeline.train.monitor import read_log
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,35 @@ def _samples_section(run: RunDir) -> list[str]:
     return out
 
 
+DENOISING_CHARS = 160
+
+
+def _denoising_section(run: RunDir) -> list[str]:
+    frames = read_denoising(run.root / DENOISING_FILE)
+    if not frames:
+        return []
+    body = []
+    for f in frames:
+        text = " ".join(f.text.split())
+        text = text if len(text) <= DENOISING_CHARS else text[:DENOISING_CHARS] + " …"
+        body.append([f"{f.call + 1} / {f.calls}", f"{f.t:.3f}", text or "(empty)"])
+    return ["## Denoising", "",
+            "The first sample's clean estimate x̂, decoded at a few denoiser calls along its sampling path "
+            "(t = 0 is noise, 1 is data). The sample itself is the final latent, which the step into t = 1 "
+            "makes the last x̂.", "", md_table(["call", "t", "decoded x̂"], body)]
+
+
 LOSS_KEYS = ("l2", "ce")   # the ELF objective's two branch losses, logged next to "loss"
 NOT_SUMMARISED = ("step", "time", "epoch")
+
+
+def _logged(e: dict[str, Any], key: str) -> float | None:
+    """``e[key]``, or None where that branch had no rows: the objective logs ``ce`` as 0 for a batch
+    without decoder rows (``decoder_frac`` 0) and ``l2`` as 0 for one with only decoder rows."""
+    v, frac = _numeric(e, key), _numeric(e, "decoder_frac")
+    if frac is not None and ((key == "ce" and frac == 0) or (key == "l2" and frac == 1)):
+        return None
+    return v
 
 
 def _training_section(run: RunDir) -> list[str]:
@@ -139,8 +167,10 @@ def _training_section(run: RunDir) -> list[str]:
     summary = [["log lines", str(len(entries))], ["last step", f"{last_step:g}" if last_step is not None else "—"]]
     loss_keys = [k for k in keys if "loss" in k or k in LOSS_KEYS]
     for k in keys:
-        vals = [v for e in entries if (v := _numeric(e, k)) is not None]
-        if k in loss_keys:
+        vals = [v for e in entries if (v := _logged(e, k)) is not None]
+        if not vals:
+            summary.append([k, "—"])
+        elif k in loss_keys:
             summary.append([k, f"first {fmt(vals[0])}, min {fmt(min(vals))}, last {fmt(vals[-1])}"])
         else:
             summary.append([k, f"last {vals[-1]:.4g}"])
@@ -148,7 +178,7 @@ def _training_section(run: RunDir) -> list[str]:
     xs = [s if (s := _numeric(e, "step")) is not None else float(i) for i, e in enumerate(entries)]
     series = {}
     for k in loss_keys:
-        pairs = [(x, v) for x, e in zip(xs, entries, strict=True) if (v := _numeric(e, k)) is not None]
+        pairs = [(x, v) for x, e in zip(xs, entries, strict=True) if (v := _logged(e, k)) is not None]
         if len(pairs) > 1:
             series[k] = ([p[0] for p in pairs], [p[1] for p in pairs])
     if series:
@@ -193,8 +223,8 @@ def write_report(run_dir: Path) -> Path:
     if recipe and recipe.get("description"):
         parts += [str(recipe["description"]).strip(), ""]
     parts += [f"Run directory: `{run.root}`", ""]
-    for section in (_metrics_section(run, _metrics(run)), _samples_section(run), _training_section(run),
-                    _settings_section(recipe)):
+    for section in (_metrics_section(run, _metrics(run)), _samples_section(run), _denoising_section(run),
+                    _training_section(run), _settings_section(recipe)):
         if section:
             parts += section + [""]
     atomic_write_text(run.report, "\n".join(parts).rstrip() + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,17 +23,19 @@ def _figure(width: float = 6.4, height: float = 4.6):
 
 def frontier_plot(curves: Mapping[str, Sequence[FrontierPoint]], path: Path, *,
                   reference_entropy: float | None = None, reference_points: Mapping[str, FrontierPoint] = {},
-                  judge: str | None = None, title: str = "Gen. PPL vs entropy") -> Path:
-    """Gen. PPL (log y) against unigram entropy: one curve per setting, points sorted by entropy.
+                  judge: str | None = None, title: str = "Gen. PPL vs entropy",
+                  sort_by_entropy: bool = True) -> Path:
+    """Gen. PPL (log y) against unigram entropy: one curve per setting, each point labelled.
 
-    ``reference_entropy`` draws the real-text entropy as a vertical line (the paper's data
-    entropy: samples far below it are repetitive); ``reference_points`` are extra markers
-    (real text, shuffled text).
+    Points are joined in entropy order, or as given (``sort_by_entropy=False``, e.g. by step
+    count). ``reference_entropy`` draws the real-text entropy as a vertical line (the paper's
+    data entropy: samples far below it are repetitive); ``reference_points`` are extra markers
+    (real text, shuffled text). Long titles wrap to fit the figure.
     """
     fig = _figure()
     ax = fig.add_subplot()
     for name, pts in curves.items():
-        pts = sorted(pts, key=lambda p: p.entropy)
+        pts = sorted(pts, key=lambda p: p.entropy) if sort_by_entropy else list(pts)
         if not pts:
             continue
         line = ax.errorbar([p.entropy for p in pts], [p.ppl for p in pts],
@@ -51,7 +54,7 @@ def frontier_plot(curves: Mapping[str, Sequence[FrontierPoint]], path: Path, *,
     ax.set_yscale("log")
     ax.set_xlabel("unigram entropy (nats) →  more diverse")
     ax.set_ylabel(f"Gen. PPL{f' ({judge})' if judge else ''}, log scale  ↓ better")
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -69,7 +72,7 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pat
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title)
+        ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=9)
     ax.grid(True, alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=7)

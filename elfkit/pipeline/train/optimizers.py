@@ -93,7 +93,8 @@ def build_optimizer(model: nn.Module, train: TrainSection, *,
         raise RecipeError("the model has no trainable parameters (every parameter has requires_grad=False)")
     return MuonAdam(groups, lr=lr, momentum=train.muon.momentum, ns_steps=train.muon.ns_steps,
                     betas=train.adam_betas, eps=train.adam_eps, weight_decay=train.weight_decay,
-                    implementation=train.muon.implementation, ns_dtype=train.muon.ns_dtype)
+                    implementation=train.muon.implementation, ns_dtype=train.muon.ns_dtype,
+                    ns_method=train.muon.ns_method)
 
 
 class WarmupConstant:

@@ -72,3 +72,18 @@ def test_contributing_tutorial_code_runs(tmp_path):
     assert _run_generated_tests(tmp_path / "test_my_sampler.py") == ["test_my_sampler_conforms"]
     registry = build_registry([tmp_path / "my_sampler.py"], entry_points=False)
     assert set(registry.get("sampler", "my-sampler").config.model_fields) == {"steps", "gamma"}
+
+
+def test_contributing_k_diffusion_port_passes_the_kit(tmp_path):
+    """The worked port of k-diffusion's sample_euler_ancestral in CONTRIBUTING.md runs as printed."""
+    from elfkit.registry import load_file_plugin
+    from elfkit.testing import check_sampler
+
+    text = (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    (code,) = [b.split("\n```", 1)[0] for b in text.split("```python\n")[1:] if b.startswith("# port of k-diffusion")]
+    (tmp_path / "euler_ancestral.py").write_text(code + "\n", encoding="utf-8")
+    plugin = load_file_plugin(tmp_path / "euler_ancestral.py")
+    assert "transport" in check_sampler(plugin.EulerAncestral, order=False)
+    assert "order" in check_sampler(plugin.EulerAncestral, {"eta": 0.0}, transport=False)
+    registry = build_registry([tmp_path / "euler_ancestral.py"], entry_points=False)
+    assert set(registry.get("sampler", "euler-ancestral").config.model_fields) == {"steps", "eta"}

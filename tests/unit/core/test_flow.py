@@ -182,3 +182,31 @@ def test_log_uniform_guidance_range():
     log1w = torch.log1p(w)
     assert abs(log1w.mean().item() - (math.log(1.5) + math.log(6)) / 2) < 0.01   # uniform in log(1+w)
     assert abs((w < 1).float().mean().item() - math.log(2 / 1.5) / math.log(4)) < 0.01   # ~21% below 1
+
+
+# ----------------------------------------------------------------------------------------
+# The path's coefficients (α, σ, λ, log-SNR, VE σ) against their closed forms
+# ----------------------------------------------------------------------------------------
+def test_path_coefficients_closed_forms():
+    t, s = T(0.1, 0.25, 0.5, 0.8), 2.0
+    x, e0, _ = _draw()
+    tt = flow.expand_time(t[1], x)
+    assert torch.allclose(flow.interpolate(x, e0, t[1], s), flow.alpha(tt) * x + flow.sigma(tt, s) * e0)
+    assert torch.allclose(flow.sigma(t, s), T(1.8, 1.5, 1.0, 0.4))
+    assert torch.allclose(flow.half_log_snr(t, s), torch.log(t / (s * (1 - t))))
+    assert torch.allclose(flow.half_log_snr(T(0.5), 2.0), T(-math.log(2.0)))
+    assert torch.allclose(flow.log_snr(t, s), torch.log(t ** 2 / (s * s * (1 - t) ** 2)))
+    assert torch.allclose(flow.ve_sigma(t, s), T(18.0, 6.0, 2.0, 0.5))
+    # z_t / α = x + σ_VE·ε₀: the variance-exploding form of the same path
+    assert torch.allclose(flow.interpolate(x, e0, t[2], s) / 0.5, x + 2.0 * e0)
+
+
+def test_path_coefficients_at_the_ends_and_inverses():
+    s = 2.0
+    ends = flow.half_log_snr(T(0.0, 1.0), s)
+    assert ends[0] == -math.inf and ends[1] == math.inf
+    assert flow.ve_sigma(T(1.0), s).item() == 0.0
+    t = T(0.01, 0.3, 0.7, 0.99)
+    assert torch.allclose(flow.t_from_ve_sigma(flow.ve_sigma(t, s), s), t)
+    assert torch.allclose(flow.t_from_half_log_snr(flow.half_log_snr(t, s), s), t)
+    assert torch.allclose(flow.half_log_snr(t, 1.0), torch.logit(t))

@@ -173,3 +173,55 @@ def test_grid_keys_and_errors(tmp_path, monkeypatch, registry):
     with pytest.raises(RecipeError, match="nope"):
         run_sweep(write_recipe(tmp_path), {"sampler.size": [2, "nope"]}, tmp_path / "out", registry=registry)
     assert stages.calls == []
+
+
+# ----------------------------------------------------------------------------------------
+# The frontier groups by the swept sampling key
+# ----------------------------------------------------------------------------------------
+def _rows(ppl: float, ent: float):
+    from elfkit.pipeline.report.aggregate import MetricRow
+    return [MetricRow("samples", "gen_ppl", ppl, None, 8), MetricRow("samples", "entropy", ent, None, 8)]
+
+
+def test_frontier_has_one_line_per_sampler_with_steps_as_points():
+    keys = parse_grid({"sampler": ["euler", "dpmpp-2m"], "sampler.steps": [32, 8, 16]})
+    results = [sweep.SettingResult({}, {"sampler": name, "sampler.steps": k}, Path("x"), _rows(10.0 + k, 4.0 + k))
+               for name in ("euler", "dpmpp-2m") for k in (32, 8, 16)]
+    curves, points = sweep.frontier_curves(results, keys)
+    assert points == "steps" and list(curves) == ["sampler=euler", "sampler=dpmpp-2m"]
+    assert [p.label for p in curves["sampler=euler"]] == ["8", "16", "32"]          # in step order
+    assert [p.ppl for p in curves["sampler=dpmpp-2m"]] == [18.0, 26.0, 42.0]
+
+
+def test_frontier_with_whole_sampler_configs_and_training_keys():
+    keys = parse_grid({"target": ["x", "v"], "sample.sampler": [{"name": "euler", "steps": 16},
+                                                                {"name": "euler", "steps": 8}]})
+    results = [sweep.SettingResult({"target": t}, {"sample.sampler": s}, Path("x"), _rows(5.0, 4.0))
+               for t in ("x", "v") for s in keys[1].values]
+    curves, points = sweep.frontier_curves(results, keys)
+    assert points == "steps"
+    assert list(curves) == ["target=x, sample.sampler=euler", "target=v, sample.sampler=euler"]
+    assert [p.label for p in curves["target=v, sample.sampler=euler"]] == ["8", "16"]
+
+
+def test_frontier_without_steps_uses_the_last_sampling_key_as_points():
+    keys = parse_grid({"target": ["x", "v"], "guidance.scale": [1.0, 2.0]})
+    results = [sweep.SettingResult({"target": t}, {"guidance.scale": g}, Path("x"), _rows(5.0, 4.0))
+               for t in ("x", "v") for g in (1.0, 2.0)]
+    curves, points = sweep.frontier_curves(results, keys)
+    assert points == "guidance.scale" and list(curves) == ["target=x", "target=v"]
+    assert [p.label for p in curves["target=x"]] == ["scale=1.0", "scale=2.0"]
+
+
+def test_check_grid_names_each_bad_value_and_explains_the_short_form(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE, encoding="utf-8")
+    registry = build_registry(extra_plugins=[fake_components, stub_plugin], entry_points=False)
+    sweep.check_grid(path, {"target": ["x", "v"], "sampler.size": [1, 3]}, registry=registry)
+    with pytest.raises(RecipeError) as err:
+        sweep.check_grid(path, {"target": ["x", "nope"], "sampler": [{"name": "fake-sampler", "size": 3}],
+                                "sampler.sizee": [1]}, registry=registry)
+    msg = str(err.value)
+    assert "sweep.grid.target[1] = \"nope\" (as target.name)" in msg and "sweep.grid.target[0]" not in msg
+    assert "'sampler' is short for sample.sampler.name" in msg and "use the key sample.sampler" in msg
+    assert "sweep.grid.sampler.sizee[0]" in msg

@@ -8,7 +8,7 @@ from torch import nn
 
 from elfkit.components.guidance import CfgConfig, CfgGuidance, SelfCondConfig, SelfCondGuidance
 from elfkit.components.samplers import EulerConfig, EulerSampler, SdeConfig, SdeSampler
-from elfkit.components.samplers.base import batch_time
+from elfkit.components.samplers.base import batch_time, euler_step
 from elfkit.records import SamplerOutput
 from elfkit.registry import default_registry
 from elfkit.testing import ConformanceError, check_embedder, check_guidance, check_sampler
@@ -60,14 +60,14 @@ class HalfStep(EulerSampler):
         for i in range(grid.numel() - 1):
             t, t_next = grid[i], grid[i + 1]
             pred = denoiser(z, batch_time(t, z), x_hat)
-            scale = 1.0 if i == grid.numel() - 2 else 0.5
-            z, x_hat = z + scale * (t_next - t) * pred.v, pred.x
+            last = i == grid.numel() - 2
+            z, x_hat = euler_step(z, pred, t, t_next) if last else z + 0.5 * (t_next - t) * pred.v, pred.x
         return SamplerOutput(z, x_hat, grid.numel() - 1)
 
 
 @pytest.mark.parametrize("broken, check", [
     (Stateful, "stateless"), (GlobalRng, "determinism"), (StopsEarly, "calls"), (WrongNfe, "calls"),
-    (NoSelfCond, "calls"), (Float32Only, "dtype-device"), (HalfStep, "transport"),
+    (NoSelfCond, "self-conditioning"), (Float32Only, "dtype-device"), (HalfStep, "transport"),
 ])
 def test_sampler_kit_catches(broken, check):
     with pytest.raises(ConformanceError, match=rf"\[{check}\]"):
@@ -75,10 +75,10 @@ def test_sampler_kit_catches(broken, check):
 
 
 def test_sampler_kit_accepts_class_factory_instance_name_and_dict():
-    check_sampler(EulerSampler, {"steps": 4}, transport=False)
-    check_sampler(lambda cfg=EulerConfig(steps=3): EulerSampler(cfg), transport=False)
-    check_sampler(EulerSampler(EulerConfig(steps=2)), transport=False)
-    check_sampler("euler", {"steps": 5}, transport=False)
+    check_sampler(EulerSampler, {"steps": 4}, transport=False, order=False)
+    check_sampler(lambda cfg=EulerConfig(steps=3): EulerSampler(cfg), transport=False, order=False)
+    check_sampler(EulerSampler(EulerConfig(steps=2)), transport=False, order=False)
+    check_sampler("euler", {"steps": 5}, transport=False, order=False)
 
 
 def test_every_registered_sampler_and_guidance_conforms():

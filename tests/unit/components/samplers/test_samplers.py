@@ -8,7 +8,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from elfkit.components.samplers import EulerConfig, EulerSampler, SdeConfig, SdeSampler
+from elfkit.components.samplers import DpmppConfig, DpmppSampler, EulerConfig, EulerSampler, SdeConfig, SdeSampler
+from elfkit.components.samplers.dpmpp import plan
 from elfkit.contracts import Sampler
 from elfkit.errors import ElfkitError
 from elfkit.records import Prediction
@@ -100,7 +101,7 @@ def test_sde_with_gamma_zero_is_euler_and_one_step_is_a_single_x_hat():
     one = SdeSampler(SdeConfig(steps=1))(_known_denoiser(log), z0, torch.tensor([0.0, 1.0]), noise_scale=2.0,
                                          generator=_gen(0))
     assert len(log) == 1 and log[0][1].eq(0).all() and one.nfe == 1
-    assert torch.allclose(one.z, z0 + (-z0))  # z + (1 − 0)·v with v = −z at t = 0
+    assert torch.equal(one.z, 0.5 * z0)           # the step into t = 1 returns that call's x̂
 
 
 def test_euler_last_step_lands_on_x_hat():
@@ -178,3 +179,86 @@ def test_euler_passes_the_sampler_kit():
 def test_sde_passes_the_sampler_kit():
     check_sampler(SdeSampler, SdeConfig(steps=32, gamma=0.01))
     check_sampler("sde", transport=False)          # ELF's γ = 1.5: every structural check
+
+
+# ----------------------------------------------------------------------------------------
+# The step into t = 1 returns x̂, for any grid
+# ----------------------------------------------------------------------------------------
+ELF_TOY = GaussianToy(t_eps=0.05)       # ELF's clamp on 1 − t in the reported velocity
+
+
+@pytest.mark.parametrize("sampler", [EulerSampler(EulerConfig()), SdeSampler(SdeConfig(gamma=0.0)),
+                                     SdeSampler(SdeConfig(gamma=1.5)), DpmppSampler(DpmppConfig()),
+                                     DpmppSampler(DpmppConfig(eta=1.0))], ids=lambda s: repr(s.cfg))
+@pytest.mark.parametrize("steps", [24, 32, 64, 256])
+def test_uniform_grids_above_095_end_on_x_hat(sampler, steps):
+    grid = torch.linspace(0, 1, steps + 1)                 # float32, as the uniform time component draws it
+    assert grid[-2] > 0.95
+    log = []
+
+    def den(z, t, self_cond=None):
+        pred = ELF_TOY.predict(z, t)
+        log.append(pred.x)
+        return pred
+    out = sampler(den, ELF_TOY.prior((3, 4)), grid, noise_scale=2.0, generator=_gen(0))
+    assert torch.equal(out.z, log[-1]) and torch.equal(out.x_hat, log[-1])
+
+
+def test_on_elfs_grid_the_step_into_1_is_the_old_integrated_step():
+    # the logit-normal grid stops well below 0.95: z + (1 − t)·v̂ and x̂ agree to rounding
+    from elfkit.components.time import LogitNormalConfig, LogitNormalTime
+    grid = LogitNormalTime(LogitNormalConfig()).grid(32, _gen(4)).double()
+    z0 = ELF_TOY.prior((4, 3), _gen(5))
+    out = EulerSampler(EulerConfig(steps=32))(ELF_TOY.denoiser(), z0, grid, noise_scale=2.0)
+    z = z0
+    for i in range(32):
+        pred = ELF_TOY.predict(z, grid[i].expand(4))
+        z = z + (grid[i + 1] - grid[i]) * pred.v
+    assert grid[-2] < 0.95 and torch.allclose(out.z, z, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# DPM-Solver++(2M)
+# ----------------------------------------------------------------------------------------
+def test_dpmpp_registered_and_first_order_part_is_euler():
+    reg = build_registry(entry_points=False)
+    s = reg.build("sampler", "dpmpp-2m", {"steps": 12, "eta": 0.5})
+    assert isinstance(s, DpmppSampler) and s.nfe(12) == 12 and s.order is None
+    assert DpmppSampler(DpmppConfig()).order == 2
+    with pytest.raises(ValidationError):
+        DpmppConfig(eta=-1.0)
+    # without extrapolation each step is z·(1−t')/(1−t) + x̂·(t'−t)/(1−t): Euler on the linear flow
+    grid = [0.0, 0.2, 0.5, 0.7, 1.0]
+    steps = plan(grid, 2.0, 0.0)
+    for i, st in enumerate(steps):
+        t, tn = grid[i], grid[i + 1]
+        assert st.moves and st.noise == 0.0
+        assert st.a == pytest.approx((1 - tn) / (1 - t)) and st.b == pytest.approx((tn - t) / (1 - t))
+    lam = [math.log(t / (2 * (1 - t))) for t in grid[1:4]]
+    assert steps[0].w == 0.0 and steps[1].w == 0.0                # no usable previous step after t = 0
+    assert steps[2].w == pytest.approx((lam[2] - lam[1]) / (2 * (lam[1] - lam[0])))
+
+
+def test_dpmpp_plan_ties_and_eta():
+    steps = plan([0.0, 0.3, 0.3, 0.6, 1.0], 2.0, 0.0)
+    assert not steps[1].moves and steps[1].a == 1.0 and steps[1].b == 0.0
+    assert steps[2].w == 0.0                                      # the step before the tie started at t = 0
+    noisy = plan([0.0, 0.2, 0.5, 1.0], 2.0, 1.0)
+    e = 0.2 * 0.5 / (0.8 * 0.5)                                   # exp(−h) for the interval [0.2, 0.5]
+    assert noisy[1].a == pytest.approx(0.5 / 0.8 * e) and noisy[1].b == pytest.approx(0.5 * (1 - e * e))
+    assert noisy[1].noise == pytest.approx(2.0 * 0.5 * math.sqrt(1 - e * e))
+
+
+def test_dpmpp_beats_euler_on_the_toy():
+    from elfkit.testing.sampler_kit import convergence_errors
+    dpm = convergence_errors(DpmppSampler(DpmppConfig()), steps=(16, 32))
+    euler = convergence_errors(EulerSampler(EulerConfig()), steps=(16, 32))
+    assert all(d < 0.5 * e for d, e in zip(dpm, euler, strict=True)), (dpm, euler)
+
+
+def test_dpmpp_passes_the_sampler_kit():
+    assert "order" in check_sampler(DpmppSampler)
+
+
+def test_dpmpp_sde_variant_passes_the_sampler_kit():
+    check_sampler(DpmppSampler, DpmppConfig(eta=1.0), order=False)

@@ -262,3 +262,35 @@ def test_bad_samples_file_names_the_line(tmp_path, registry):
     (run / "samples.jsonl").write_text('{"text": "ok", "token_ids": [], "seed": 0, "index": 0}\nnot json\n')
     with pytest.raises(DataError, match=r"samples.jsonl:2"):
         evaluate_stage(run / "samples.jsonl", run, recipe, registry)
+
+
+@requires_wheel("matplotlib")
+def test_absent_branch_losses_are_not_drawn_as_zeros(tmp_path):
+    run = tmp_path / "branches"
+    run.mkdir()
+    log = [{"step": 10, "loss": 6.0, "l2": 4.0, "ce": 10.0, "decoder_frac": 0.25},
+           {"step": 20, "loss": 2.0, "l2": 2.0, "ce": 0.0, "decoder_frac": 0.0},      # no decoder rows
+           {"step": 30, "loss": 5.0, "l2": 0.0, "ce": 5.0, "decoder_frac": 1.0},      # only decoder rows
+           {"step": 40, "loss": 3.0, "l2": 1.5, "ce": 8.0, "decoder_frac": 0.5}]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    text = write_report(run).read_text()
+    assert "| ce | first 10.00, min 5.000, last 8.000 |" in text
+    assert "| l2 | first 4.000, min 1.500, last 1.500 |" in text
+
+
+def test_denoising_section_shows_the_decoded_path(tmp_path):
+    from elfkit.pipeline.sample import DENOISING_FILE, DenoisingFrame, write_denoising
+    run = tmp_path / "den"
+    run.mkdir()
+    assert "## Denoising" not in write_report(run).read_text()
+    write_denoising(run / DENOISING_FILE, [DenoisingFrame(0, 32, 0.0, "zq ## xx"),
+                                           DenoisingFrame(31, 32, 0.9688, "in the beginning | god")])
+    text = write_report(run).read_text()
+    assert "## Denoising" in text and "| call | t | decoded x̂ |" in text
+    assert "| 1 / 32 | 0.000 | zq ## xx |" in text and "| 32 / 32 | 0.969 | in the beginning \\| god |" in text
+
+
+def test_frame_indices_spread_over_the_path():
+    from elfkit.pipeline.sample import frame_indices
+    assert frame_indices(64) == [0, 13, 25, 38, 50, 63]
+    assert frame_indices(3) == [0, 1, 2] and frame_indices(1) == [0]
