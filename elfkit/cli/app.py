@@ -1,13 +1,16 @@
 """``elfkit``: run, train, sample, eval, report, sweep, export, recipe, plugins, checkpoint.
 
 Every command turns :class:`ElfkitError` into a short red message and exit code 2;
-Ctrl-C says how to resume. Tracebacks are reserved for bugs.
+SIGINT/SIGTERM say what was kept and how to resume (exit 130/143). Tracebacks are reserved
+for bugs. User text in messages is printed literally: no rich markup or emoji codes in it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -16,10 +19,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from elfkit.errors import ElfkitError
+from elfkit.pipeline.interrupts import Interrupted, install_handlers
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
                   help="elfkit: train, sample, evaluate and deploy continuous text generators (ELF by default).")
@@ -30,8 +36,9 @@ app.add_typer(recipe_app, name="recipe")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(checkpoint_app, name="checkpoint")
 
-console = Console(stderr=True)
-out = Console()
+# emoji=False: user text such as `--batch a:b:c` must not turn into emoji (":b:")
+console = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 _GLOBAL_PLUGINS: list[str] = []
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,19 +53,49 @@ SeedsOpt = Annotated[str | None,
 
 
 def friendly(fn: F) -> F:
-    """Print user errors without a traceback; say how to resume after Ctrl-C."""
+    """Print user errors without a traceback; on SIGINT/SIGTERM say what was kept and how to resume."""
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        install_handlers()
         try:
             return fn(*args, **kwargs)
         except ElfkitError as exc:
-            console.print(Panel(str(exc), title=f"[bold red]{type(exc).__name__}", border_style="red",
-                                expand=False))
+            _error_panel(type(exc).__name__, str(exc))
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]Interrupted. The last checkpoint is kept; rerun the same command to resume.")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            for sig in saved:   # a second Ctrl-C while we report must not end in a traceback
+                signal.signal(sig, signal.SIG_IGN)
+            interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+            console.print(Text(interrupted.message(), style="yellow"))
+            raise typer.Exit(interrupted.exit_code) from None
+        except OSError as exc:
+            if exc.errno not in _USER_PATH_ERRORS or exc.filename is None:
+                raise
+            _error_panel("FileError", f"{exc.filename}: {exc.strerror}. Check the path you gave "
+                         "(and that you may write there).")
+            raise typer.Exit(2) from None
+        finally:
+            for sig, handler in saved.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     return wrapper  # type: ignore[return-value]
+
+
+# OSErrors that mean a path a person gave is wrong, not a bug (e.g. --out naming a file)
+_USER_PATH_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                     errno.ENAMETOOLONG}
+
+
+def _error_panel(title: str, message: str) -> None:
+    console.print(Panel(Text(message), title=f"[bold red]{escape(title)}", border_style="red", expand=False))
+
+
+def _out_dir(path: Path | None) -> None:
+    """A run or artifact directory a person named: refuse an existing file before any work starts."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise ElfkitError(f"--out {path} is an existing file, not a directory; choose a directory "
+                          "(it is created if missing)")
 
 
 def _plugins(extra: list[str] | None) -> list[str]:
@@ -101,11 +138,12 @@ def run(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
         set_: SetOpt = None, out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
         seeds: SeedsOpt = None, plugin: PluginOpt = None, resume_from: ResumeOpt = None) -> None:
     """Prepare data → train → sample → evaluate → report. Rerun to resume."""
+    _out_dir(out_dir)
     from elfkit.pipeline.run import run_recipe
     r = _load(recipe, set_, plugin, seeds)
     run_dir = _run_dir(r.name, out_dir)
     report = run_recipe(r, run_dir, console=console, resume_from=resume_from)
-    out.print(f"[green]done[/]: {report}")
+    out.print(f"[green]done[/]: {escape(str(report))}")
 
 
 @app.command()
@@ -114,10 +152,11 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")], set_: Se
           out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
           plugin: PluginOpt = None, resume_from: ResumeOpt = None) -> None:
     """Train only (resumes from the run directory's last checkpoint)."""
+    _out_dir(out_dir)
     from elfkit.pipeline.train.stage import train_stage
     r = _load(recipe, set_, plugin)
     ckpt = train_stage(r, _run_dir(r.name, out_dir), console=console, resume_from=resume_from)
-    out.print(f"[green]checkpoint[/]: {ckpt}")
+    out.print(f"[green]checkpoint[/]: {escape(str(ckpt))}")
 
 
 @app.command()
@@ -129,10 +168,11 @@ def sample(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: run dire
            engine: Annotated[Path | None, typer.Option("--engine", help="Exported artifact dir.")] = None,
            seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
     """Sample from a checkpoint (or from an exported engine of it)."""
+    _out_dir(out_dir)
     from elfkit.pipeline.sample import sample_from_checkpoint
     path = sample_from_checkpoint(checkpoint, [*(set_ or []), *_seeds(seeds)], out_dir=out_dir, engine=engine,
                                   plugin_files=_plugins(plugin), console=console)
-    out.print(f"[green]samples[/]: {path}")
+    out.print(f"[green]samples[/]: {escape(str(path))}")
 
 
 @app.command("eval")
@@ -144,7 +184,7 @@ def eval_(samples: Annotated[Path, typer.Argument(help="samples.jsonl")],
     """Evaluate a samples file with the recipe's evaluators; writes metrics.json beside it."""
     from elfkit.pipeline.evaluate import evaluate_samples_file
     path = evaluate_samples_file(samples, recipe, set_ or [], plugin_files=_plugins(plugin))
-    out.print(f"[green]metrics[/]: {path}")
+    out.print(f"[green]metrics[/]: {escape(str(path))}")
 
 
 @app.command()
@@ -153,11 +193,14 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="One run director
            out_file: Annotated[Path | None, typer.Option("--out", help="Comparison report path.")] = None) -> None:
     """Write report.md for a run, or compare several runs side by side."""
     from elfkit.pipeline.report.document import compare_runs, write_report
+    if out_file is not None and out_file.is_dir():
+        raise ElfkitError(f"--out {out_file} is a directory; give the comparison report's file name "
+                          "(e.g. --out comparison.md)")
     if len(run_dirs) == 1:
         path = write_report(run_dirs[0])
     else:
         path = compare_runs(run_dirs, out_file or Path("comparison.md"))
-    out.print(f"[green]report[/]: {path}")
+    out.print(f"[green]report[/]: {escape(str(path))}")
 
 
 @app.command()
@@ -168,19 +211,27 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (may carry a 
           set_: SetOpt = None, out_dir: Annotated[Path | None, typer.Option("--out")] = None,
           seeds: SeedsOpt = None, plugin: PluginOpt = None) -> None:
     """Train once per training setting, sample once per sampling setting; table + frontier plot."""
-    import yaml
-
+    _out_dir(out_dir)
     from elfkit.pipeline.sweep import run_sweep
     parsed: dict[str, list[Any]] = {}
     for g in grid or []:
-        if "=" not in g:
-            raise ElfkitError(f"--grid expects KEY=v1,v2,..., got '{g}'")
+        if "=" not in g or not g.split("=", 1)[0].strip():
+            raise ElfkitError(f"--grid expects KEY=v1,v2,..., got '{g}' (e.g. --grid sampler.steps=8,16)")
         k, vs = g.split("=", 1)
-        parsed[k.strip()] = [yaml.safe_load(v) for v in vs.split(",")]
+        parsed[k.strip()] = [_grid_value(v) for v in vs.split(",")]
     r = _load(recipe, set_, plugin, seeds)
     path = run_sweep(recipe, parsed, out_dir or Path("runs") / f"{r.name}-sweep",
                      overrides=[*(set_ or []), *_seeds(seeds)])
-    out.print(f"[green]sweep[/]: {path}")
+    out.print(f"[green]sweep[/]: {escape(str(path))}")
+
+
+def _grid_value(text: str) -> Any:
+    """One ``--grid`` value, parsed as YAML like a ``--set`` value (unparsable text stays a string)."""
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 @app.command()
@@ -196,10 +247,11 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: run dire
            out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact directory.")] = None,
            plugin: PluginOpt = None) -> None:
     """Export the denoiser (denoise + decode modes) and check parity against eager fp32."""
+    _out_dir(out_dir)
     from elfkit.pipeline.export import export_checkpoint
     manifest = export_checkpoint(checkpoint, format_, precision=precision, batch=batch, seq=seq, out_dir=out_dir,
                                  plugin_files=_plugins(plugin), console=console)
-    out.print(f"[green]exported[/]: {manifest}")
+    out.print(f"[green]exported[/]: {escape(str(manifest))}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -217,7 +269,7 @@ def recipe_validate(files: Annotated[list[Path], typer.Argument(help="Recipe YAM
             from elfkit.registry import default_registry
             registry = default_registry([*_plugins(plugin), *recipe.plugins])
             check_grid(f, recipe.sweep.grid, set_ or [], registry=registry)
-        out.print(f"[green]ok[/] {f}")
+        out.print(f"[green]ok[/] {escape(str(f))}")
 
 
 @recipe_app.command("show")
@@ -273,10 +325,10 @@ def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
     for col in ("kind", "name", "provider", "config fields"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["kind"], r["name"], r["provider"], ", ".join(r["config"]))
+        table.add_row(*(Text(x) for x in (r["kind"], r["name"], r["provider"], ", ".join(r["config"]))))
     out.print(table)
     for p in problems:
-        console.print(f"[red]plugin problem[/] {p['plugin']}: {p['error']}")
+        console.print(f"[red]plugin problem[/] {escape(p['plugin'])}: {escape(p['error'])}")
 
 
 def _field_doc(f: Any) -> dict[str, Any]:
@@ -300,7 +352,7 @@ def plugins_new(kind: Annotated[str, typer.Argument(help="Component kind (sample
         raise ElfkitError(f"scaffolding is available for: sampler (got '{kind}')")
     from elfkit.cli.scaffold import new_sampler_plugin
     for p in new_sampler_plugin(name, dest, package=package):
-        out.print(f"[green]wrote[/] {p}")
+        out.print(f"[green]wrote[/] {escape(str(p))}")
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ def _build(recipe: Recipe, registry: Registry, *, with_dataset: bool) -> Compone
     embedder = registry.build("embedder", recipe.embedder.name, recipe.embedder.config)
     dataset = registry.build("dataset", recipe.data.name, recipe.data.config) if with_dataset else None
     backbone_cfg = recipe.backbone.config
+    check_embedder_fits(backbone_cfg, embedder)
     fill: dict[str, Any] = {}
     for key, value in (("latent_dim", embedder.dim), ("vocab_size", embedder.tokenizer.vocab_size),
                        ("max_length", getattr(recipe.data.config, "max_length", None))):
@@ -84,6 +85,22 @@ def _build(recipe: Recipe, registry: Registry, *, with_dataset: bool) -> Compone
         time=registry.build("time", recipe.time.name, recipe.time.config),
         objective=registry.build("objective", recipe.objective.name, recipe.objective.config),
     )
+
+
+def check_embedder_fits(backbone_cfg: Any, embedder: Embedder) -> None:
+    """An explicit ``backbone.latent_dim`` must be the built embedder's width, and an explicit
+    ``backbone.vocab_size`` must cover its tokenizer's ids; refused here, before data preparation,
+    also for embedders whose width validation could not know in advance."""
+    dim, vocab = embedder.dim, embedder.tokenizer.vocab_size
+    given = getattr(backbone_cfg, "latent_dim", None)
+    if given is not None and given != dim:
+        raise RecipeError(f"backbone.latent_dim is {given}, but the embedder (embedder.name) produces {dim}-d "
+                          f"latents; remove backbone.latent_dim (it is filled in from the embedder) or set it to {dim}")
+    given = getattr(backbone_cfg, "vocab_size", None)
+    if given is not None and given < vocab:
+        raise RecipeError(f"backbone.vocab_size is {given}, smaller than the embedder's tokenizer vocabulary "
+                          f"({vocab}): its token ids would be out of range; remove backbone.vocab_size (it is "
+                          "filled in from the embedder) or set it to at least that")
 
 
 def tie_unembedding(embedder: Embedder, backbone: nn.Module, *, embedder_name: str = "?",

@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from elfkit.components.evaluators.gpt2_bpe import gpt2_tokenizer
 from elfkit.contracts import TextTokenizer
 from elfkit.errors import DataError, RecipeError
 from elfkit.fileio import atomic_write_text
+from elfkit.pipeline.interrupts import interruptible
 from elfkit.pipeline.report.aggregate import MetricRow, aggregate_records
 from elfkit.pipeline.rundir import RunDir, fingerprint
 from elfkit.recipe.load import load_recipe, resolved_dict
@@ -72,13 +73,13 @@ def read_samples(path: Path) -> list[SampleRecord]:
     if not path.is_file():
         raise DataError(f"samples file not found: {path} (run the sample stage first: elfkit sample CKPT)")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_jsonl_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
             out.append(SampleRecord(**{k: v for k, v in d.items() if k in _SAMPLE_FIELDS}))
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}:{lineno}: not a sample record ({exc}); each line must be a JSON object "
                             "with at least text, token_ids, seed, index") from None
     if not out:
@@ -86,10 +87,21 @@ def read_samples(path: Path) -> list[SampleRecord]:
     return out
 
 
+def _jsonl_text(path: Path) -> str:
+    """A JSON-lines file's text; a binary file is a DataError naming the offending byte."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                        "expected one JSON object per line") from None
+
+
 def read_references(path: Path, limit: int | None = None) -> list[str]:
     """``references.jsonl``: lines ``{"text": ...}`` of held-out real text."""
     texts = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_jsonl_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -247,6 +259,12 @@ def _fresh(out: Path, inputs: Sequence[Path], run: RunDir, fp: str) -> bool:
     return recorded is None or recorded == fp
 
 
+def _metrics_kept(args: Mapping[str, Any]) -> str:
+    return (f"The samples {args['samples_path']} are kept; metrics.json was not written. Rerun the same command "
+            "to evaluate again (finished stages are skipped).")
+
+
+@interruptible("evaluation", _metrics_kept)
 def evaluate_stage(samples_path: Path, run_dir: Path, recipe: Recipe, registry: Registry | None = None) -> Path:
     """Write ``run_dir/metrics.json`` for ``samples_path``; returns its path (skips finished work)."""
     run = RunDir(Path(run_dir))

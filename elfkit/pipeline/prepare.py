@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from elfkit.components.datasets.base import default_cache_dir
 from elfkit.components.datasets.splits import DataSplits
 from elfkit.errors import DataError
 from elfkit.fileio import atomic_write_text
 from elfkit.pipeline.build import Components
+from elfkit.pipeline.interrupts import interruptible
 from elfkit.pipeline.rundir import RunDir
 from elfkit.recipe.schema import Recipe
 
@@ -28,6 +30,7 @@ def data_cache_dir(recipe: Recipe) -> Path:
     return Path(getattr(recipe.data.config, "cache_dir", None) or default_cache_dir())
 
 
+@interruptible("data preparation", lambda args: "")   # the train stage around it says what was kept
 def prepare_data(components: Components, run: RunDir, console: Console | None = None) -> DataSplits:
     """Load and tokenise the dataset (cached), write held-out reference texts, return splits."""
     console = console or Console(stderr=True)
@@ -37,7 +40,7 @@ def prepare_data(components: Components, run: RunDir, console: Console | None = 
     cfg = components.recipe.data.config
     cache = data_cache_dir(components.recipe)
     t0 = time.perf_counter()
-    with console.status(f"preparing data '{components.recipe.data.name}'"):
+    with console.status(f"preparing data '{escape(components.recipe.data.name)}'"):
         splits = dataset.load(components.embedder.tokenizer, cache)
     limit = getattr(cfg, "max_train_examples", None)
     if limit is not None and splits.sized and len(splits.train) > limit:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from elfkit.pipeline.distill.compare import compare, write_distill_report
 from elfkit.pipeline.distill.stage import distill_stage
@@ -39,7 +40,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, console: Console | None = None,
 
 
 def _run(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | None) -> Path:
-    console.rule(f"[bold]{recipe.name}[/] → {run.root}")
+    console.rule(f"[bold]{escape(recipe.name)}[/] → {escape(str(run.root))}")
     if recipe.distill is not None:   # progressive distillation: rounds, then teacher vs student
         return _distill(recipe, run, console)
     try:

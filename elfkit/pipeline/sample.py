@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from elfkit.components.datasets.collate import Collator
@@ -26,6 +28,7 @@ from elfkit.fileio import atomic_write_text
 from elfkit.generation import Condition, DenoiseStep, decode_tokens, generate, postprocess
 from elfkit.pipeline.build import sampling_time
 from elfkit.pipeline.checkpoint import run_root_of
+from elfkit.pipeline.interrupts import interruptible
 from elfkit.pipeline.prepare import data_cache_dir
 from elfkit.pipeline.rundir import RunDir, fingerprint
 from elfkit.pipeline.train.latents import embed_batch
@@ -166,6 +169,12 @@ def write_samples(path: Path, records: Sequence[SampleRecord]) -> None:
     atomic_write_text(path, "".join(json.dumps(r.__dict__, ensure_ascii=False) + "\n" for r in records))
 
 
+def _samples_kept(args: Mapping[str, Any]) -> str:
+    return (f"No samples were written (samples are written once complete); the checkpoint {args['checkpoint']} "
+            "is untouched. Rerun the same command to sample again (finished stages are skipped).")
+
+
+@interruptible("sampling", _samples_kept)
 def sample_stage(checkpoint: Path, run_dir: Path, recipe: Recipe, console: Console | None = None,
                  engine: Path | None = None) -> Path:
     """Write ``run_dir/samples.jsonl`` for ``recipe.sample`` (skipped when already done)."""
@@ -174,7 +183,7 @@ def sample_stage(checkpoint: Path, run_dir: Path, recipe: Recipe, console: Conso
     trained = load_trained(checkpoint, plugin_files=recipe.plugins, sample=recipe.sample, evaluation=recipe.eval)
     fp = _sampling_fingerprint(trained.recipe, checkpoint, trained.step, engine)
     if run.is_done("sample", fp) and run.samples.exists():
-        console.print(f"sample: already done ({run.samples})")
+        console.print(f"sample: already done ({escape(str(run.samples))})")
         return run.samples
     run.forget("evaluate", "report")
     t0 = time.perf_counter()
@@ -186,6 +195,7 @@ def sample_stage(checkpoint: Path, run_dir: Path, recipe: Recipe, console: Conso
     return run.samples
 
 
+@interruptible("sampling", _samples_kept)
 def sample_from_checkpoint(checkpoint: Path, overrides: Sequence[str], *, out_dir: Path | None = None,
                            engine: Path | None = None, plugin_files: Sequence[str] = (),
                            console: Console | None = None) -> Path:

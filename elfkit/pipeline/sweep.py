@@ -34,6 +34,7 @@ from typing import Any
 from elfkit.errors import RecipeError
 from elfkit.fileio import atomic_write_text
 from elfkit.pipeline.evaluate import evaluate_stage, read_metrics
+from elfkit.pipeline.interrupts import interruptible
 from elfkit.pipeline.report.aggregate import MetricRow
 from elfkit.pipeline.report.document import write_report
 from elfkit.pipeline.report.plots import frontier_plot
@@ -199,6 +200,12 @@ class SettingResult:
 # ----------------------------------------------------------------------------------------
 # The sweep
 # ----------------------------------------------------------------------------------------
+def _sweep_kept(args: Mapping[str, Any]) -> str:
+    return (f"Finished settings in {args['out_dir']} are kept; rerun the same command to continue with the rest "
+            "(finished ones are skipped).")
+
+
+@interruptible("sweep", _sweep_kept)
 def run_sweep(recipe_path: Path, grid: dict[str, list], out_dir: Path, *, overrides: Sequence[str] = (),
               seeds: Sequence[int] | None = None, registry: Registry | None = None) -> Path:
     """Run (or resume) the sweep; returns the path of ``sweep.md``.

@@ -21,7 +21,7 @@ import torch
 from elfkit.errors import CheckpointError, RecipeError, RegistryError
 from elfkit.pipeline.build import Components, build_components
 from elfkit.pipeline.checkpoint import load_checkpoint
-from elfkit.recipe.load import apply_overrides, validate_recipe
+from elfkit.recipe.load import apply_overrides, check_sampling_overrides, override_locations, validate_recipe
 from elfkit.recipe.schema import EvalSection, Recipe, SampleSection
 from elfkit.registry import default_registry, env_plugin_files
 
@@ -42,10 +42,11 @@ def load_trained(checkpoint: Path, overrides: Sequence[str] = (), *, use_ema: bo
                  sample: SampleSection | None = None, evaluation: EvalSection | None = None) -> Trained:
     """Rebuild the components a checkpoint was trained with and load its (EMA) weights.
 
-    ``overrides`` are ``--set`` items a person typed; they apply to the stored recipe (only
-    sampling/eval keys should change). ``sample``/``evaluation`` are already validated sections
+    ``overrides`` are ``--set`` items a person typed; they apply to the stored recipe and may
+    only change sampling/eval keys (others are refused). ``sample``/``evaluation`` are already validated sections
     of another recipe (the run's current one) that replace the stored recipe's.
     """
+    check_sampling_overrides(overrides)   # before loading: the rest of the recipe is how it was trained
     saved = load_checkpoint(checkpoint)
     data = apply_overrides(saved.recipe, list(overrides))
     given = [*env_plugin_files(), *plugin_files]
@@ -57,7 +58,8 @@ def load_trained(checkpoint: Path, overrides: Sequence[str] = (), *, use_ema: bo
     # that this process does not load
     stored = {k: v for k, v in data.items() if k not in sections}
     try:
-        recipe = validate_recipe(stored, source=f"{checkpoint} (stored recipe)", registry=registry)
+        recipe = validate_recipe(stored, source=f"{checkpoint} (stored recipe)", registry=registry,
+                                 overridden=override_locations(overrides))
         if sections:
             recipe = recipe.model_copy(update=sections)
         components = build_components(recipe, registry, with_dataset=with_dataset)

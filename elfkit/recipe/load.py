@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from elfkit.recipe.schema import COMPONENT_SLOTS, ComponentRef, Recipe
 from elfkit.registry import Registry, default_registry, missing_sources
 
 Loc = tuple[str | int, ...]
+Overridden = Mapping[Loc, str]
+"""Recipe location → the ``--set`` item that set it (errors there blame the option, not a line)."""
 
 # short aliases accepted in --set / sweep grids
 ALIASES = {
@@ -81,9 +83,20 @@ def duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> list[tuple[Loc, int
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path} is a directory; pass a recipe YAML file (e.g. {path / 'recipe.yaml'})")
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise RecipeError(f"{path}:{line}: not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start}); a recipe is a YAML text file") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -105,18 +118,28 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
 # ----------------------------------------------------------------------------------------
 # --set overrides
 # ----------------------------------------------------------------------------------------
-def override_origins(overrides: Sequence[str]) -> dict[str, str]:
-    """Canonical dotted key → the ``--set`` item that set it, to blame the right place in errors."""
-    return {canonical_key(item.split("=", 1)[0].strip()): item for item in overrides if "=" in item}
+def split_override(item: str) -> tuple[str, str]:
+    """``"a.b=value"`` → (canonical dotted key, raw value); a malformed item is a RecipeError naming it."""
+    if "=" not in item:
+        raise RecipeError(f"--set expects KEY=VALUE, got '{item}' (e.g. --set train.steps=100)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise RecipeError(f"--set '{item}': the key before '=' is empty; expected KEY=VALUE "
+                          "(e.g. --set train.steps=100)")
+    if any(not part.strip() for part in key.split(".")):
+        raise RecipeError(f"--set '{item}': '{key}' has an empty part between dots; expected a dotted key "
+                          "such as sample.sampler.steps")
+    return canonical_key(key), raw
 
 
-def _origin(origins: dict[str, str], loc: Loc) -> str | None:
-    """The --set item that set ``loc`` (or its ``name``, or a section above it), if any."""
-    dotted = ".".join(map(str, loc))
-    for key in (f"{dotted}.name", dotted):
-        if key in origins:
-            return origins[key]
-    return next((item for key, item in origins.items() if dotted.startswith(key + ".")), None)
+def override_locations(overrides: Sequence[str]) -> dict[Loc, str]:
+    """Where each ``--set`` item lands in the recipe (later items win), for error messages."""
+    out: dict[Loc, str] = {}
+    for item in overrides:
+        key, _ = split_override(item)
+        out[tuple(key.split("."))] = item
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -127,16 +150,29 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     """
     data = copy.deepcopy(data)
     for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"--set expects KEY=VALUE, got '{item}' (e.g. --set train.steps=100)")
-        key, raw = item.split("=", 1)
-        key = canonical_key(key.strip())
+        key, raw = split_override(item)
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         set_dotted(data, key, value)
     return data
+
+
+SAMPLING_SECTIONS = ("sample", "eval")
+"""The sections ``elfkit sample`` may change: the rest of a checkpoint's recipe is how it was trained."""
+
+
+def check_sampling_overrides(overrides: Sequence[str]) -> None:
+    """Refuse ``--set`` items outside :data:`SAMPLING_SECTIONS` (they would not change the trained
+    model, only make the stored recipe lie about it)."""
+    for item in overrides:
+        key, _ = split_override(item)
+        if key.split(".")[0] not in SAMPLING_SECTIONS:
+            raise RecipeError(
+                f"--set '{item}': elfkit sample accepts only sample.* and eval.* keys, not '{key}'. The model was "
+                "trained with the recipe stored in its checkpoint, and that part of it cannot change after "
+                f"training; to use another value, train again (elfkit run RECIPE --set {key}=...).")
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -152,11 +188,13 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             nxt = {"name": nxt}
             cur[part] = nxt
         elif not isinstance(nxt, dict):
-            raise RecipeError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is a {type(nxt).__name__}, not a section")
+            raise RecipeError(f"--set {key}: '{'.'.join(parts[:i + 1])}' holds a value ({nxt!r}), not a section "
+                              "with keys")
         cur = nxt
     # Switching a component (`--set sample.sampler.name=euler`) starts from the new component's
     # defaults: the old one's keys (e.g. `gamma`) would not be valid for it.
-    if parts[-1] == "name" and isinstance(cur, dict) and cur.get("name") not in (None, value):
+    # (Only a component's name: the top-level `name` is the recipe's own, and renaming must keep the recipe.)
+    if len(parts) > 1 and parts[-1] == "name" and isinstance(cur, dict) and cur.get("name") not in (None, value):
         cur.clear()
     cur[parts[-1]] = value
 
@@ -191,13 +229,12 @@ def _model_in(ann: Any) -> type[BaseModel] | None:
 
 
 def _format_errors(exc: ValidationError, source: str, lines: dict[Loc, int], prefix: Loc,
-                   model: type[BaseModel]) -> str:
+                   model: type[BaseModel], overridden: Overridden | None = None) -> str:
     msgs = []
     for err in exc.errors(include_url=False):
         loc = prefix + tuple(err["loc"])
         dotted = ".".join(str(p) for p in loc)
-        line = _nearest_line(lines, loc)
-        where = f"{source}:{line}" if line else source
+        where = _where(source, lines, loc, overridden)
         msg = err["msg"]
         hint = ""
         if err["type"] == "extra_forbidden":
@@ -213,6 +250,16 @@ def _format_errors(exc: ValidationError, source: str, lines: dict[Loc, int], pre
             msg = f"{msg} (got {err.get('input')!r})"
         msgs.append(f"{where}: {dotted}: {msg}{hint}")
     return "\n".join(msgs)
+
+
+def _where(source: str, lines: dict[Loc, int], loc: Loc, overridden: Overridden | None) -> str:
+    """``--set ITEM`` when an override set this location (or a part of it), else ``file:line``."""
+    blamed = [(len(o), item) for o, item in (overridden or {}).items()
+              if o[:len(loc)] == loc or loc[:len(o)] == o]
+    if blamed:
+        return f"--set {max(blamed)[1]} (applied to {source})"
+    line = _nearest_line(lines, loc)
+    return f"{source}:{line}" if line else source
 
 
 def _nearest_line(lines: dict[Loc, int], loc: Loc) -> int | None:
@@ -231,10 +278,9 @@ def _get(obj: Any, path: tuple[str, ...]) -> Any:
 
 
 def resolve(recipe: Recipe, registry: Registry, source: str = "<recipe>",
-            lines: dict[Loc, int] | None = None, origins: dict[str, str] | None = None) -> Recipe:
+            lines: dict[Loc, int] | None = None, overridden: Overridden | None = None) -> Recipe:
     """Validate every component reference against its registered config model."""
     lines = lines or {}
-    origins = origins or {}
     refs: list[tuple[Loc, str, ComponentRef]] = []
     for path, kind in COMPONENT_SLOTS:
         ref = _get(recipe, path)
@@ -244,19 +290,20 @@ def resolve(recipe: Recipe, registry: Registry, source: str = "<recipe>",
         refs.append((("eval", "evaluators", i), "evaluator", ref))
     errors = []
     for loc, kind, ref in refs:
-        where = f"{source}:{_nearest_line(lines, loc) or '?'}"
-        if (item := _origin(origins, loc)) is not None:
-            where = f"--set {item} (applied to {source})"
         try:
             spec = registry.get(kind, ref.name)
         except RegistryError as exc:
+            where = _where(source, lines, loc + ("name",), overridden)
             errors.append(f"{where}: {'.'.join(map(str, loc))}.name: {exc}")
             continue
         ref._source = spec.source
         try:
             ref._config = spec.config(**ref.params)
         except ValidationError as exc:
-            errors.append(_format_component_errors(exc, source, lines, loc, spec.config, kind, ref.name, origins))
+            errors.append(_format_component_errors(exc, source, lines, loc, spec.config, kind, ref.name,
+                                                   overridden))
+    if not errors:
+        errors = check_dimensions(recipe, source, lines, overridden)
     if errors:
         raise RecipeError("\n".join(errors))
     return recipe
@@ -264,14 +311,11 @@ def resolve(recipe: Recipe, registry: Registry, source: str = "<recipe>",
 
 def _format_component_errors(exc: ValidationError, source: str, lines: dict[Loc, int], loc: Loc,
                              config: type[BaseModel], kind: str, name: str,
-                             origins: dict[str, str] | None = None) -> str:
+                             overridden: Overridden | None = None) -> str:
     msgs = []
     for err in exc.errors(include_url=False):
         full = loc + tuple(err["loc"])
-        line = _nearest_line(lines, full)
-        where = f"{source}:{line}" if line else source
-        if (item := (origins or {}).get(".".join(map(str, full)))) is not None:
-            where = f"--set {item} (applied to {source})"
+        where = _where(source, lines, full, overridden)
         dotted = ".".join(str(p) for p in full)
         if err["type"] == "extra_forbidden":
             valid = list(config.model_fields)
@@ -284,17 +328,80 @@ def _format_component_errors(exc: ValidationError, source: str, lines: dict[Loc,
     return "\n".join(msgs)
 
 
-def validate_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dict[Loc, int] | None = None,
-                    registry: Registry | None = None, origins: dict[str, str] | None = None) -> Recipe:
-    """Schema → registry → component configs. Raises RecipeError with every problem found.
+def check_dimensions(recipe: Recipe, source: str = "<recipe>", lines: dict[Loc, int] | None = None,
+                     overridden: Overridden | None = None) -> list[str]:
+    """Embedder ↔ backbone widths that cannot work together, found before any data or model loads.
 
-    ``origins`` (from :func:`override_origins`) lets an error blame the ``--set`` item that
-    set a value instead of the YAML line it replaced."""
+    The embedder's width comes from its config's ``expected_dim()`` (None = not known until the
+    model is built: then the backbone's own check at build time is the guard).
+    """
+    lines = lines or {}
+    emb, bb = recipe.embedder.config, recipe.backbone.config
+    expected = getattr(emb, "expected_dim", None)
+    dim = expected() if callable(expected) else None
+    if dim is None:
+        return []
+    named = (f"the embedder '{recipe.embedder.name}' (embedder.name, "
+             f"{_where(source, lines, ('embedder', 'name'), overridden)})")
+    errors = []
+    latent = getattr(bb, "latent_dim", None)
+    if isinstance(latent, int) and latent != dim:
+        where = _where(source, lines, ("backbone", "latent_dim"), overridden)
+        errors.append(f"{where}: backbone.latent_dim is {latent}, but {named} produces {dim}-d "
+                      f"latents. Remove backbone.latent_dim (it is filled in from the embedder) or set it to {dim}.")
+    hidden = getattr(bb, "decoder_hidden", None)
+    if getattr(emb, "tie_unembedding", False) and isinstance(hidden, int) and hidden != dim:
+        where = _where(source, lines, ("backbone", "decoder_hidden"), overridden)
+        errors.append(f"{where}: backbone.decoder_hidden is {hidden}, but {named} ties its {dim}-d table to the "
+                      f"unembedding (embedder.tie_unembedding), which needs them equal. Set "
+                      f"backbone.decoder_hidden: {dim} or embedder.tie_unembedding: false.")
+    return errors
+
+
+def validate_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dict[Loc, int] | None = None,
+                    registry: Registry | None = None, overridden: Overridden | None = None) -> Recipe:
+    """Schema → registry → component configs → dimensions. Raises RecipeError with every problem found.
+
+    ``overridden`` (from :func:`override_locations`) makes errors at those keys name the ``--set``
+    item instead of a line of the file.
+    """
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, source, lines or {}, (), Recipe)) from None
-    return resolve(recipe, registry or default_registry(), source, lines, origins)
+        raise RecipeError(_format_errors(exc, source, lines or {}, (), Recipe, overridden)) from None
+    return resolve(recipe, registry or default_registry(), source, lines, overridden)
+
+
+def resolve_plugin_paths(entries: Any, recipe_path: Path, lines: dict[Loc, int] | None = None) -> list[Path]:
+    """A recipe's ``plugins:`` entries as absolute paths of existing files, before any of them runs.
+
+    A relative entry is relative to the recipe's folder and must stay inside it (after resolving
+    ``..`` and symbolic links), so a recipe someone hands you cannot run a file from elsewhere on
+    the machine; an absolute entry is taken as written, a deliberate choice of its author.
+    """
+    recipe_path = Path(recipe_path)
+    lines = lines or {}
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(e, str) and e.strip() for e in entries):
+        line = _nearest_line(lines, ("plugins",))
+        raise RecipeError(f"{recipe_path}:{line or 1}: plugins: expected a list of plugin file paths "
+                          f"(e.g. plugins: [my_sampler.py]), got {entries!r}")
+    folder = recipe_path.resolve().parent
+    out: list[Path] = []
+    for i, entry in enumerate(entries):
+        where = f"{recipe_path}:{_nearest_line(lines, ('plugins', i)) or 1}"
+        given = Path(entry).expanduser()
+        path = given.resolve() if given.is_absolute() else (folder / given).resolve()
+        if not given.is_absolute() and not path.is_relative_to(folder):
+            raise RecipeError(f"{where}: plugins: '{entry}' resolves to {path}, outside the recipe's folder "
+                              f"{folder}. Relative plugin paths may not leave it; move the plugin beside the "
+                              "recipe, or write its absolute path if you mean to run that file. Nothing was run.")
+        if not path.is_file():
+            raise RecipeError(f"{where}: plugins: file not found: {path} (relative paths are relative to "
+                              "the recipe's folder)")
+        out.append(path)
+    return out
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, registry: Registry | None = None,
@@ -306,18 +413,15 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, registry: Re
     gone = missing_sources(data.get("provenance") or [])
     if gone:
         raise RecipeError("\n".join(f"{path}: provenance: {g}" for g in gone))
-    plugin_files = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p
-                    for p in data.get("plugins", []) or []]
-    missing = [p for p in plugin_files if not Path(p).is_file()]
-    if missing:
-        raise RecipeError(f"{path}: plugins: file not found: {', '.join(missing)} (paths are relative to the recipe)")
+    overridden = override_locations(overrides)
+    # a location an override replaced no longer comes from its line in the file
+    lines = {loc: n for loc, n in lines.items() if not any(loc[:len(o)] == o for o in overridden)}
+    plugin_files = [str(p) for p in resolve_plugin_paths(data.get("plugins"), path, lines)]
     if registry is None:
-        files = [*extra_plugins, *plugin_files]
-        registry = default_registry(files)
+        registry = default_registry([*extra_plugins, *plugin_files])
     recipe_data = dict(data)
     recipe_data["plugins"] = plugin_files
-    return validate_recipe(recipe_data, source=str(path), lines=lines, registry=registry,
-                           origins=override_origins(overrides))
+    return validate_recipe(recipe_data, source=str(path), lines=lines, registry=registry, overridden=overridden)
 
 
 # ----------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ the valid length) would then turn into NaN instead of a harmless uniform softmax
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -31,6 +33,21 @@ class LatentNormConfig(ComponentConfig):
     """Subtracted from every encoder output coordinate (ELF: 0.0)."""
     latent_std: float = Field(default=1.0, gt=0)
     """Divides the centred output; chosen so latents have roughly unit variance."""
+
+    def expected_dim(self) -> int | None:
+        """The latent width D this config will produce, known without loading weights (recipe
+        validation checks it against the backbone); None = only known once built."""
+        return None
+
+
+def config_width(model_dir: str | Path, key: str) -> int | None:
+    """An integer width (e.g. ``hidden_size``) from a model directory's ``config.json``; None
+    when the file or key is missing or unreadable (validation then leaves the check to build time)."""
+    try:
+        value = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 class EncoderConfig(LatentNormConfig):

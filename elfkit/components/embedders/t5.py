@@ -20,11 +20,15 @@ from torch import Tensor
 
 from elfkit.components._hf import quiet_transformers
 from elfkit.components.datasets.collate import pairwise_mask, sequence_masks
-from elfkit.components.embedders.base import EncoderConfig, FrozenEncoder, additive_mask
+from elfkit.components.embedders.base import EncoderConfig, FrozenEncoder, additive_mask, config_width
 from elfkit.components.embedders.tokenizers import TransformersTokenizer, load_tokenizer
 from elfkit.errors import DataError, HubUnreachableError, MissingDependencyError
 
 log = logging.getLogger(__name__)
+
+
+T5_WIDTHS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024}
+"""d_model of the original T5 checkpoints (hub ids, also under ``google-t5/``), for validation."""
 
 
 class T5EmbedderConfig(EncoderConfig):
@@ -37,6 +41,11 @@ class T5EmbedderConfig(EncoderConfig):
     mask_path: Literal["auto", "stock", "manual"] = "auto"
     """How the pairwise mask reaches the blocks: 'stock' = transformers' forward with a 4-D mask,
     'manual' = our hand walk of the blocks, 'auto' = stock if it matches the hand walk at load."""
+
+    def expected_dim(self) -> int | None:
+        if Path(self.model).is_dir():
+            return config_width(self.model, "d_model")
+        return T5_WIDTHS.get(self.model.removeprefix("google-t5/"))
 
 
 # ----------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from elfkit.components.embedders.base import LatentNormConfig
+from elfkit.components.embedders.base import LatentNormConfig, config_width
 from elfkit.components.embedders.tokenizers import load_tokenizer, minilm_dir, minilm_tokenizer
-from elfkit.errors import DataError
+from elfkit.errors import DataError, ElfkitError
 
 if TYPE_CHECKING:
     from elfkit.contracts import TextTokenizer
@@ -43,6 +43,9 @@ class TableConfig(LatentNormConfig):
 class GaussianTableConfig(TableConfig):
     dim: int = Field(default=64, gt=0)
     """Latent width D."""
+
+    def expected_dim(self) -> int | None:
+        return self.dim
     seed: int = 0
     """Seed of the N(0, 1) table (same seed + tokenizer → same table on every machine)."""
 
@@ -55,10 +58,19 @@ class PretrainedTableConfig(LatentNormConfig):
     latent_std: float | None = Field(default=None, gt=0)
     """None = the table's own std (so latents have unit variance over the vocabulary)."""
 
+    def expected_dim(self) -> int | None:
+        try:
+            return config_width(self.path or minilm_dir(), "hidden_size")
+        except ElfkitError:   # the wheel is missing: building the table will say so
+            return None
+
 
 class LearnedTableConfig(TableConfig):
     dim: int = Field(default=64, gt=0)
     """Latent width D."""
+
+    def expected_dim(self) -> int | None:
+        return self.dim
     init_std: float = Field(default=1.0, gt=0)
     """Initial N(0, init_std²) entries (seeded by the run's global seed through torch)."""
     tie_unembedding: bool = True

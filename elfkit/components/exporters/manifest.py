@@ -50,6 +50,9 @@ def write_manifest(artifact_dir: Path, manifest: dict[str, Any]) -> Path:
 def read_manifest(artifact_dir: Path) -> dict[str, Any]:
     """Read and sanity-check a manifest; every problem is an :class:`ExportError` naming the folder."""
     artifact_dir = Path(artifact_dir)
+    if not artifact_dir.exists():
+        raise ExportError(f"export folder not found: {artifact_dir}. Create one with "
+                          "`elfkit export CHECKPOINT --format ... --out FOLDER`.")
     path = artifact_dir / MANIFEST if artifact_dir.is_dir() else artifact_dir
     if not path.exists():
         hint = " (a parity-failed export leaves no manifest; see parity-failed.json)" \
@@ -58,7 +61,7 @@ def read_manifest(artifact_dir: Path) -> dict[str, Any]:
                           "Create one with `elfkit export CHECKPOINT --format ...`.")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:   # ValueError: bad JSON or not UTF-8 text
         raise ExportError(f"cannot read {path}: {exc}") from None
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:

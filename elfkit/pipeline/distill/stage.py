@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from elfkit.errors import CheckpointError, ElfkitError
 from elfkit.pipeline.build import Components, build_components
 from elfkit.pipeline.checkpoint import Checkpoint, CheckpointDir
 from elfkit.pipeline.distill.teacher import Teacher, check_source, load_teacher
+from elfkit.pipeline.interrupts import Interrupted, interruptible, last_signal
 from elfkit.pipeline.prepare import data_cache_dir, prepare_data
 from elfkit.pipeline.rundir import RunDir, fingerprint
 from elfkit.pipeline.train.data import make_train_data
@@ -95,6 +97,12 @@ def _initial_weights(index: int, d: DistillSection, teacher: Teacher, previous: 
     return teacher.state if d.init_from_teacher else None
 
 
+def _distill_kept(args: Mapping[str, Any]) -> str:
+    return (f"Finished rounds in {args['run_dir']} are kept, and the interrupted round resumes from its last "
+            "checkpoint if it wrote one; rerun the same command to continue.")
+
+
+@interruptible("distillation", _distill_kept)
 def distill_stage(recipe: Recipe, run_dir: Path, console: Console | None = None) -> tuple[Path, Path]:
     """Run (or resume) every round; returns (teacher checkpoint, last round's checkpoint)."""
     console = console or Console(stderr=True)
@@ -136,10 +144,10 @@ def distill_stage(recipe: Recipe, run_dir: Path, console: Console | None = None)
         if init is not None and not last.exists():     # a resumed round loads its own checkpoint in fit
             student.backbone.load_state_dict(init, strict=True)
         result = fit(student, data, r_run, console=console)
-        if result.stopped == "interrupted":
-            raise KeyboardInterrupt
         if result.stopped == "diverged":
             raise TrainingDiverged(f"{title}: {result.message}")
+        if result.stopped == "interrupted":   # fit stopped cleanly on a signal, after a checkpoint
+            raise Interrupted(last_signal())
         if result.stopped not in ("completed", "already-done", "time-limit"):
             raise ElfkitError(f"{title} stopped early ({result.stopped}) at step {result.steps}; "
                               "rerun the same command to continue")

@@ -42,6 +42,7 @@ from elfkit.contracts import SupportsActivationCheckpointing, TrainData
 from elfkit.errors import CheckpointError, DataError, RecipeError
 from elfkit.pipeline.build import Components
 from elfkit.pipeline.checkpoint import Checkpoint
+from elfkit.pipeline.interrupts import note_signal
 from elfkit.pipeline.rundir import RunDir
 from elfkit.pipeline.train import distributed as dist_utils
 from elfkit.pipeline.train import state as train_state
@@ -97,6 +98,7 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        note_signal(signum)   # train_stage reports which signal stopped the run
         if signum == signal.SIGINT and self.reason == "interrupted":
             raise KeyboardInterrupt
         self.reason = "interrupted"

@@ -7,12 +7,16 @@ the run's business, kept here so ``elfkit train``, ``elfkit run`` and sweeps beh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from elfkit.errors import CheckpointError, ElfkitError, RecipeError
 from elfkit.pipeline.build import build_components
+from elfkit.pipeline.interrupts import Interrupted, interruptible, last_signal
 from elfkit.pipeline.prepare import data_cache_dir, prepare_data
 from elfkit.pipeline.rundir import RunDir, training_fingerprint
 from elfkit.pipeline.train.data import make_train_data
@@ -22,6 +26,24 @@ from elfkit.recipe.schema import Recipe
 from elfkit.registry import default_registry
 
 
+def checkpoint_kept(run_dir: Path) -> str:
+    """What an interrupted training leaves: the newest checkpoint, or that none exists yet."""
+    ckpts = RunDir(Path(run_dir)).checkpoints
+    steps = ckpts.steps()
+    if steps:
+        return (f"The checkpoint at step {steps[-1][0]} is kept in {ckpts.path}; rerun the same command to resume "
+                "from it.")
+    if ckpts.last.exists():
+        return f"The last checkpoint {ckpts.last} is kept; rerun the same command to resume from it."
+    return ("No checkpoint had been written yet, so there is nothing to resume: rerun the same command to start "
+            "training again.")
+
+
+def _train_kept(args: Mapping[str, Any]) -> str:
+    return checkpoint_kept(args["run_dir"])
+
+
+@interruptible("training", _train_kept)
 def train_stage(recipe: Recipe, run_dir: Path, console: Console | None = None,
                 resume_from: Path | None = None) -> Path:
     """Train (or resume, or skip if finished) holding the run directory's lock; returns the last
@@ -41,7 +63,7 @@ def _train(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | No
     run.check_same_training(resolved)
     last = run.checkpoints.last
     if run.is_done("train", fp) and last.exists():
-        console.print(f"train: already done ({last})")
+        console.print(f"train: already done ({escape(str(last))})")
         return last
     run.mark_done("train-started", fp)
     components = build_components(recipe, default_registry(recipe.plugins))
@@ -50,8 +72,8 @@ def _train(recipe: Recipe, run: RunDir, console: Console, resume_from: Path | No
     result = fit(components, data, run, console=console, resume_from=resume_from)
     if result.stopped == "diverged":
         raise TrainingDiverged(result.message)
-    if result.stopped == "interrupted":
-        raise KeyboardInterrupt
+    if result.stopped == "interrupted":   # fit stopped cleanly on a signal, after a checkpoint
+        raise Interrupted(last_signal())
     if result.stopped == "time-limit":   # a budgeted run: the budget is part of the recipe
         console.print(f"[yellow]train: time budget of {recipe.train.max_minutes} min reached at step "
                       f"{result.steps}/{recipe.train.steps}; continuing with this checkpoint")

@@ -1,12 +1,16 @@
-"""build_components: the recipe's seed alone decides every initial weight."""
+"""build_components: the recipe's seed alone decides every initial weight, and an explicit backbone size that
+cannot fit the embedder is refused before data loads."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import torch
 
-from elfkit.pipeline.build import build_components
+from elfkit.errors import RecipeError
+from elfkit.pipeline.build import build_components, check_embedder_fits
 from elfkit.recipe.load import validate_recipe
 from elfkit.registry import default_registry
 
@@ -37,3 +41,23 @@ def test_initial_weights_depend_on_the_recipe_seed_only(tmp_path) -> None:
     changed = [k for k in a if a[k].is_floating_point() and a[k].std() > 0 and not torch.equal(a[k], c[k])]
     assert "embedder.weight" in changed
     assert any(k.startswith("backbone.") for k in changed)
+
+EMBEDDER = SimpleNamespace(dim=16, tokenizer=SimpleNamespace(vocab_size=100))
+
+
+def cfg(**kw):
+    return SimpleNamespace(**{"latent_dim": None, "vocab_size": None, **kw})
+
+
+def test_unset_or_matching_sizes_pass():
+    check_embedder_fits(cfg(), EMBEDDER)
+    check_embedder_fits(cfg(latent_dim=16, vocab_size=100), EMBEDDER)
+    check_embedder_fits(cfg(vocab_size=128), EMBEDDER)     # a padded head covers every id
+    check_embedder_fits(SimpleNamespace(), EMBEDDER)       # a backbone without these fields
+
+
+def test_wrong_width_or_too_small_vocabulary_names_the_key():
+    with pytest.raises(RecipeError, match=r"backbone.latent_dim is 24, .* produces 16-d latents"):
+        check_embedder_fits(cfg(latent_dim=24), EMBEDDER)
+    with pytest.raises(RecipeError, match=r"backbone.vocab_size is 50, smaller than .* \(100\)"):
+        check_embedder_fits(cfg(vocab_size=50), EMBEDDER)

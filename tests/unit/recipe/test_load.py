@@ -101,6 +101,8 @@ def test_bad_override_syntax(tmp_path, registry):
 def test_missing_file_empty_file_and_bad_yaml(tmp_path, registry):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "nope.yaml", registry=registry)
+    with pytest.raises(RecipeError, match="is a directory; pass a recipe YAML file"):
+        load_recipe(tmp_path, registry=registry)
     with pytest.raises(RecipeError, match="empty"):
         load_recipe(write(tmp_path, ""), registry=registry)
     with pytest.raises(RecipeError, match="invalid YAML"):
@@ -188,3 +190,169 @@ def test_duplicate_keys_walks_the_whole_document_and_lets_merge_keys_override():
     assert duplicate_keys(yaml.compose("a: &x {k: 1}\nb:\n  <<: *x\n  k: 2\n")) == []
     assert duplicate_keys(yaml.compose("a: 1\nb: {c: 1, c: 2}\nl: [{d: 1, d: 2}]\na: 3\n")) == [
         (("b", "c"), 2, 2), (("l", 0, "d"), 3, 3), (("a",), 1, 4)]
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs that used to escape as tracebacks or blame the wrong place
+# ----------------------------------------------------------------------------------------
+def test_binary_recipe_file_names_the_file_line_and_byte(tmp_path, registry):
+    p = tmp_path / "r.yaml"
+    p.write_bytes(b"name: t\n\xff\xfe\x00garbage\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p, registry=registry)
+    assert "r.yaml:2: not a UTF-8 text file (byte 0xff at offset 8)" in str(e.value)
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("=3", "--set '=3': the key before '=' is empty"),
+    ("  =3", "the key before '=' is empty"),
+    (".steps=3", "'.steps' has an empty part between dots"),
+    ("train..steps=3", "'train..steps' has an empty part between dots"),
+    ("train.steps.x=3", "--set train.steps.x: 'train.steps' holds a value (10), not a section"),
+])
+def test_malformed_set_items_blame_the_option(tmp_path, registry, item, needle):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, GOOD), [item], registry=registry)
+    assert needle in str(e.value)
+    assert "r.yaml:1" not in str(e.value)
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("train.steps=abc", "train.steps: Input should be a valid integer"),
+    ("data.prob=1.5", "data.prob: Input should be less than or equal to 1"),
+    ("data.sise=3", "data.sise: unknown key 'sise'"),
+    ("foo.bar=1", "foo: unknown key 'foo'"),
+    ("sampler=nope", "sample.sampler.name: unknown sampler 'nope'"),
+    ("data={name: fake-dataset, size: -1}", "data.size"),
+])
+def test_values_that_fail_validation_say_they_came_from_set(tmp_path, registry, item, needle):
+    p = write(tmp_path, GOOD)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p, [item], registry=registry)
+    assert f"--set {item} (applied to {p}): {needle}" in str(e.value), str(e.value)
+
+
+def test_errors_in_the_file_still_name_the_line_next_to_set_items(tmp_path, registry):
+    p = write(tmp_path, GOOD.replace("size: 8", "size: -8"))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p, ["train.steps=0"], registry=registry)
+    msg = str(e.value)
+    assert f"--set train.steps=0 (applied to {p}): train.steps" in msg
+    # the data line is reported after the schema error is fixed
+    with pytest.raises(RecipeError, match=r"r.yaml:2: data.size"):
+        load_recipe(p, ["train.steps=5"], registry=registry)
+
+
+def test_setting_the_recipe_name_keeps_the_recipe(tmp_path, registry):
+    r = load_recipe(write(tmp_path, GOOD), ["name=[red]renamed:b:"], registry=registry)
+    assert r.name == "[red]renamed:b:" and r.data.name == "fake-dataset" and r.train.steps == 10
+
+
+def test_check_sampling_overrides_allows_only_sample_and_eval():
+    from elfkit.recipe.load import check_sampling_overrides
+    check_sampling_overrides(["sampler=euler", "sampler.steps=8", "sample.num_samples=4", "eval.references=false",
+                              "guidance.scale=2"])
+    with pytest.raises(RecipeError) as e:
+        check_sampling_overrides(["sampler.steps=8", "train.steps=5"])
+    msg = str(e.value)
+    assert "--set 'train.steps=5'" in msg and "only sample.* and eval.* keys" in msg
+    assert "trained with the recipe stored in its checkpoint" in msg
+    with pytest.raises(RecipeError, match="not 'target.name'"):
+        check_sampling_overrides(["target=eps"])
+
+
+# ----------------------------------------------------------------------------------------
+# Plugin paths: relative to the recipe's folder, never outside it
+# ----------------------------------------------------------------------------------------
+PLUGIN = """\
+from pathlib import Path
+Path({marker!r}).write_text("ran")
+"""
+
+
+def _plugin_recipe(tmp_path: Path, entry: str) -> Path:
+    folder = tmp_path / "shared" / "recipes"
+    folder.mkdir(parents=True)
+    p = folder / "r.yaml"
+    p.write_text(GOOD.replace("name: t\n", f"name: t\nplugins: [{entry}]\n"))
+    return p
+
+
+def test_plugin_path_escaping_the_recipe_folder_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "evil.py").write_text(PLUGIN.format(marker=str(marker)))
+    p = _plugin_recipe(tmp_path, "../../evil.py")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)      # no registry given: plugins would be loaded
+    msg = str(e.value)
+    assert "r.yaml:2: plugins: '../../evil.py' resolves to" in msg and "outside the recipe's folder" in msg
+    assert "Nothing was run" in msg
+    assert not marker.exists()
+
+
+def test_plugin_symlink_leaving_the_folder_is_refused(tmp_path):
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "evil.py").write_text(PLUGIN.format(marker=str(marker)))
+    p = _plugin_recipe(tmp_path, "inside.py")
+    (p.parent / "inside.py").symlink_to(tmp_path / "evil.py")
+    with pytest.raises(RecipeError, match="outside the recipe's folder"):
+        load_recipe(p)
+    assert not marker.exists()
+
+
+def test_plugin_paths_resolve_relative_to_the_recipe_and_absolute_ones_are_allowed(tmp_path):
+    from elfkit.recipe.load import resolve_plugin_paths
+    p = _plugin_recipe(tmp_path, "sub/mine.py")
+    (p.parent / "sub").mkdir()
+    (p.parent / "sub" / "mine.py").write_text("")
+    (tmp_path / "abs.py").write_text("")
+    assert resolve_plugin_paths(["sub/mine.py", "./sub/../sub/mine.py"], p) == [(p.parent / "sub" / "mine.py")] * 2
+    assert resolve_plugin_paths([str(tmp_path / "abs.py")], p) == [tmp_path / "abs.py"]
+    with pytest.raises(RecipeError, match="file not found"):
+        resolve_plugin_paths(["missing.py"], p)
+    with pytest.raises(RecipeError, match="expected a list of plugin file paths"):
+        resolve_plugin_paths("mine.py", p)
+
+
+# ----------------------------------------------------------------------------------------
+# Embedder ↔ backbone widths, checked at validation
+# ----------------------------------------------------------------------------------------
+DIMS = """\
+name: d
+data: {name: local, data_files: x.txt, max_length: 16}
+embedder: {name: gaussian-table, dim: 16}
+backbone: {name: elf, preset: null, depth: 1, width: 32, heads: 2, latent_dim: 24}
+"""
+
+
+def test_embedder_width_that_the_backbone_cannot_take_is_refused_with_both_keys(tmp_path):
+    registry = build_registry(entry_points=False)
+    p = tmp_path / "r.yaml"
+    p.write_text(DIMS)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p, registry=registry)
+    msg = str(e.value)
+    assert "r.yaml:4: backbone.latent_dim is 24" in msg
+    assert "the embedder 'gaussian-table' (embedder.name, " in msg and "r.yaml:3) produces 16-d latents" in msg
+    with pytest.raises(RecipeError, match=r"--set backbone.latent_dim=8 \(applied to .*\): backbone.latent_dim is 8"):
+        load_recipe(p, ["backbone.latent_dim=8"], registry=registry)
+    assert load_recipe(p, ["backbone.latent_dim=16"], registry=registry).backbone.config.latent_dim == 16
+    assert load_recipe(p, ["backbone.latent_dim=null"], registry=registry).backbone.config.latent_dim is None
+
+
+def test_known_embedder_widths_need_no_model():
+    from elfkit.components.embedders import GaussianTableConfig
+    from elfkit.components.embedders.t5 import T5EmbedderConfig
+    assert GaussianTableConfig(dim=12).expected_dim() == 12
+    assert T5EmbedderConfig().expected_dim() == 512
+    assert T5EmbedderConfig(model="google-t5/t5-base").expected_dim() == 768
+    assert T5EmbedderConfig(model="someone/unknown-t5").expected_dim() is None
+
+
+def test_a_local_model_directory_gives_its_width(tmp_path):
+    from elfkit.components.embedders.minilm import MiniLMEmbedderConfig
+    from elfkit.components.embedders.t5 import T5EmbedderConfig
+    (tmp_path / "config.json").write_text('{"hidden_size": 96, "d_model": 80}')
+    assert MiniLMEmbedderConfig(path=str(tmp_path)).expected_dim() == 96
+    assert T5EmbedderConfig(model=str(tmp_path)).expected_dim() == 80
+    assert MiniLMEmbedderConfig(path=str(tmp_path / "missing")).expected_dim() is None

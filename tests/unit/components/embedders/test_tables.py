@@ -139,10 +139,11 @@ def test_shapes_that_cannot_tie_are_recipe_errors_naming_the_keys():
         tie_unembedding(table(), nn.Linear(2, 2), embedder_name="learned-table", backbone_name="mine")
 
 
-def test_build_components_refuses_a_recipe_whose_widths_cannot_tie(tmp_path):
-    recipe = validate_recipe(_recipe(tmp_path, dim=16, decoder_hidden=32))
-    with pytest.raises(RecipeError, match=r"embedder.dim \(16\) must equal backbone.decoder_hidden \(32\)"):
-        build_components(recipe, build_registry(entry_points=False), with_dataset=False)
+def test_validation_refuses_a_recipe_whose_widths_cannot_tie(tmp_path):
+    """Caught when the recipe is validated (before data or models load), naming both keys."""
+    with pytest.raises(RecipeError, match=r"backbone.decoder_hidden is 32, .*'learned-table'.* 16-d table"
+                                          r".*embedder.tie_unembedding"):
+        validate_recipe(_recipe(tmp_path, dim=16, decoder_hidden=32))
     recipe = validate_recipe(_recipe(tmp_path, dim=16, decoder_hidden=32, tie=False))
     c = build_components(recipe, build_registry(entry_points=False), with_dataset=False)
     assert not c.backbone.tied

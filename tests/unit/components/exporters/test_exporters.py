@@ -329,3 +329,13 @@ def test_aot_inductor_package_round_trip(tmp_path, backbone, registry):
     z, t, sc, g = inputs(3, 11)
     with torch.no_grad():
         torch.testing.assert_close(runner.denoise(z, t, sc, g), eager.denoise(z, t, sc, g), atol=1e-4, rtol=1e-4)
+
+
+def test_reading_a_missing_or_unreadable_export_names_it(tmp_path):
+    with pytest.raises(ExportError, match=r"export folder not found: .*nope"):
+        read_manifest(tmp_path / "nope")
+    with pytest.raises(ExportError, match=r"is not an elfkit export: no manifest.json"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe binary")
+    with pytest.raises(ExportError, match=r"cannot read .*manifest.json"):
+        read_manifest(tmp_path)
