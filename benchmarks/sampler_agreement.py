@@ -29,29 +29,11 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elfkit.components.backbones import EagerRunner  # noqa: E402
-from elfkit.components.samplers.base import ConfigSteps, SamplerConfig, as_grid, batch_time  # noqa: E402
-from elfkit.contracts import Denoiser, Sampler  # noqa: E402
+from elfkit.components.samplers.base import SamplerConfig  # noqa: E402
+from elfkit.contracts import Sampler  # noqa: E402
 from elfkit.generation import generate  # noqa: E402
 from elfkit.pipeline.trained import load_trained  # noqa: E402
-from elfkit.records import SamplerOutput  # noqa: E402
-
-
-class OldEuler(ConfigSteps[SamplerConfig]):
-    """elfkit's Euler before the fix: ``z + (t' − t)·v̂`` on every interval, also into t = 1."""
-
-    def __init__(self, cfg: SamplerConfig) -> None:
-        self.cfg = cfg
-
-    def __call__(self, denoiser: Denoiser, z: Tensor, grid: Tensor, *, noise_scale: float,
-                 generator: torch.Generator | None = None) -> SamplerOutput:
-        grid = as_grid(grid, z)
-        x_hat: Tensor | None = None
-        for i in range(grid.numel() - 1):
-            pred = denoiser(z, batch_time(grid[i], z), x_hat)
-            z, x_hat = z + (grid[i + 1] - grid[i]) * pred.v, pred.x
-        assert x_hat is not None
-        return SamplerOutput(z=z, x_hat=x_hat, nfe=grid.numel() - 1)
-
+from tests.fixtures.broken_samplers import ClampedLastStep as OldEuler  # noqa: E402  (elfkit's Euler before the x̂ fix)
 
 SAMPLERS: dict[str, tuple[str, dict[str, float]]] = {
     "euler": ("euler", {}),
