@@ -50,6 +50,18 @@ except ImportError:  # pragma: no cover - torch without distributed
 # ----------------------------------------------------------------------------------------
 # Pure functions
 # ----------------------------------------------------------------------------------------
+def _wide_unit_norm(u: Tensor, eps: float, dtype: torch.dtype, caller: str) -> tuple[Tensor, bool]:
+    """``u`` oriented with rows ≤ cols and divided by ``‖u‖_F + eps`` in fp32 (every singular value ≤ 1),
+    cast to ``dtype``; also whether it was transposed. The shared start of both Newton–Schulz forms."""
+    if u.dim() != 2:
+        raise ValueError(f"{caller} expects a matrix, got shape {tuple(u.shape)}")
+    x = u.float()
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:
+        x = x.T
+    return (x / (torch.linalg.matrix_norm(x) + eps)).to(dtype), transposed
+
+
 def newton_schulz(u: Tensor, steps: int = 5, coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
                   eps: float = 1e-8, dtype: torch.dtype = torch.float32) -> Tensor:
     """Approximate the orthogonal polar factor of a matrix with the quintic Newton–Schulz map.
@@ -58,13 +70,7 @@ def newton_schulz(u: Tensor, steps: int = 5, coefficients: tuple[float, float, f
     times faster on CPUs with bf16 matmuls), on the orientation with rows ≤ cols, after
     dividing by ``‖u‖_F + eps`` (in fp32) so every singular value is ≤ 1. Returns ``dtype``.
     """
-    if u.dim() != 2:
-        raise ValueError(f"newton_schulz expects a matrix, got shape {tuple(u.shape)}")
-    x = u.float()
-    transposed = x.shape[0] > x.shape[1]
-    if transposed:
-        x = x.T
-    x = (x / (torch.linalg.matrix_norm(x) + eps)).to(dtype)
+    x, transposed = _wide_unit_norm(u, eps, dtype, "newton_schulz")
     a, b, c = coefficients
     for _ in range(steps):
         gram = x @ x.T                                  # (r, r), r = min(rows, cols)
@@ -86,13 +92,7 @@ def newton_schulz_gram(u: Tensor, steps: int = 5, coefficients: tuple[float, flo
     bf16 direct: ~1e-2), so it is opt-in (``train.muon.ns_method: gram``). ``dtype`` is the
     precision of the two long matmuls.
     """
-    if u.dim() != 2:
-        raise ValueError(f"newton_schulz_gram expects a matrix, got shape {tuple(u.shape)}")
-    x = u.float()
-    transposed = x.shape[0] > x.shape[1]
-    if transposed:
-        x = x.T
-    x = (x / (torch.linalg.matrix_norm(x) + eps)).to(dtype)
+    x, transposed = _wide_unit_norm(u, eps, dtype, "newton_schulz_gram")
     gram = (x @ x.T).float()                            # (r, r)
     eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     q = eye
