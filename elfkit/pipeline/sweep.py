@@ -41,6 +41,7 @@ from elfkit.pipeline.report.plots import frontier_plot
 from elfkit.pipeline.report.table import GPT2_ENTROPY_JUDGE, FrontierPoint, fmt, frontier_point, md_table, pick
 from elfkit.pipeline.rundir import RunDir, fingerprint, training_fingerprint
 from elfkit.pipeline.sample import sample_stage
+from elfkit.pipeline.train.guard import TrainingDiverged
 from elfkit.pipeline.train.stage import train_stage
 from elfkit.recipe.load import canonical_key, load_recipe, resolved_dict
 from elfkit.recipe.schema import Recipe
@@ -191,10 +192,14 @@ def _share_references(train_dir: Path, sample_dir: Path) -> None:
 
 @dataclass
 class SettingResult:
+    """One sampled setting's metrics; ``diverged`` holds the divergence guard's message when its
+    training setting diverged (then ``rows`` is empty and ``run_dir`` is the training directory)."""
+
     train: dict[str, Any]
     sample: dict[str, Any]
     run_dir: Path
     rows: list[MetricRow]
+    diverged: str | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -245,7 +250,13 @@ def run_sweep(recipe_path: Path, grid: dict[str, list], out_dir: Path, *, overri
     for tset, t_recipe, t_dir, subs in plan:
         log.info("training setting: %s", describe(tset))
         t_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = train_stage(t_recipe, t_dir)
+        try:
+            ckpt = train_stage(t_recipe, t_dir)
+        except TrainingDiverged as exc:   # one bad setting (an LR too high) must not cost the others
+            write_report(t_dir)           # how it diverged: loss curve, skipped and spike steps
+            log.warning("training setting %s diverged; going on with the others", describe(tset))
+            results += [SettingResult(tset, sset, t_dir, [], diverged=str(exc)) for sset, _, _ in subs]
+            continue
         write_report(t_dir)  # the training side: loss curve and settings
         for sset, s_recipe, s_dir in subs:
             log.info("sampling setting: %s / %s", describe(tset), describe(sset))
@@ -255,7 +266,14 @@ def run_sweep(recipe_path: Path, grid: dict[str, list], out_dir: Path, *, overri
             metrics = evaluate_stage(samples, s_dir, s_recipe, registry)
             write_report(s_dir)
             results.append(SettingResult(tset, sset, s_dir, read_metrics(metrics)))
-    return write_sweep_outputs(results, keys, out_dir)
+    md = write_sweep_outputs(results, keys, out_dir)
+    diverged = {describe(r.train): r.run_dir for r in results if r.diverged is not None}
+    if diverged:
+        raise TrainingDiverged(
+            f"{len(diverged)} of {len(plan)} training setting(s) diverged: "
+            + "; ".join(f"{name} (see {path / 'report.md'})" for name, path in diverged.items())
+            + f". The other settings finished; the table, with those rows marked 'diverged', is in {md}.")
+    return md
 
 
 # ----------------------------------------------------------------------------------------
@@ -283,7 +301,8 @@ def write_sweep_outputs(results: Sequence[SettingResult], keys: Sequence[GridKey
     labels = [k.label for k in keys]
 
     # CSV: machine-readable, full precision, empty cell = no value
-    header = ["setting", *labels, *[c for label, _, _ in columns for c in (label, f"{label}_stderr")], "seeds"]
+    header = ["setting", *labels, *[c for label, _, _ in columns for c in (label, f"{label}_stderr")], "seeds",
+              "status"]
     lines = []
     for r in results:
         setting = {**r.train, **r.sample}
@@ -293,6 +312,7 @@ def write_sweep_outputs(results: Sequence[SettingResult], keys: Sequence[GridKey
             m = _cell(r.rows, metric, judge)
             row += [m.mean if m else "", m.stderr if m and m.stderr is not None else ""]
         row.append(max((len(m.seeds) for m in r.rows if m.row == "samples"), default=0))
+        row.append("diverged" if r.diverged is not None else "ok")
         lines.append(row)
     csv_path = out_dir / "sweep.csv"
     with open(csv_path.with_suffix(".csv.tmp"), "w", newline="", encoding="utf-8") as f:
@@ -322,12 +342,12 @@ def write_sweep_outputs(results: Sequence[SettingResult], keys: Sequence[GridKey
         cells = [_short(setting[lab]) for lab in labels]
         for _, metric, judge in columns:
             m = _cell(r.rows, metric, judge)
-            cells.append(fmt(m.mean, m.stderr) if m else "—")
+            cells.append("diverged" if r.diverged is not None else fmt(m.mean, m.stderr) if m else "—")
         body.append([*cells, f"[report]({(r.run_dir / 'report.md').relative_to(out_dir)})"])
     parts = ["# Sweep", "", f"{len(results)} settings; grid: " + "; ".join(
         f"`{k.label}` ∈ {{{', '.join(_short(v) for v in k.values)}}}" + (" (sampling)" if k.sampling else " (training)")
         for k in keys), "", md_table([*labels, *[c for c, _, _ in columns], "details"], body), ""]
-    refs = [m for r in results[:1] for m in r.rows if m.row != "samples"]
+    refs = next(([m for m in r.rows if m.row != "samples"] for r in results if r.rows), [])
     if refs:
         parts += ["Reference rows (held-out real text and a token-shuffled copy, same evaluators):", "",
                   md_table(["rows", "metric", "judge", "mean"], [[m.row, m.metric, m.judge or "—", fmt(m.mean)]

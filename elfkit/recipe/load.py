@@ -244,10 +244,8 @@ def _format_errors(exc: ValidationError, source: str, lines: dict[Loc, int], pre
             msg = f"unknown key '{loc[-1]}'. Allowed here: {', '.join(valid)}."
         elif err["type"] == "missing":
             msg = "required key is missing"
-        elif err["type"] == "int_type" and isinstance(err.get("input"), bool):
-            msg = f"expects a whole number, got {str(err['input']).lower()} (a boolean is not a count)"
         else:
-            msg = f"{msg} (got {err.get('input')!r})"
+            msg = _value_message(err)
         msgs.append(f"{where}: {dotted}: {msg}{hint}")
     return "\n".join(msgs)
 
@@ -324,8 +322,18 @@ def _format_component_errors(exc: ValidationError, source: str, lines: dict[Loc,
             msgs.append(f"{where}: {dotted}: unknown key '{full[-1]}' for {kind} '{name}'. "
                         f"Allowed: name, {', '.join(valid)}.{hint}")
         else:
-            msgs.append(f"{where}: {dotted}: {err['msg']} (got {err.get('input')!r})")
+            msgs.append(f"{where}: {dotted}: {_value_message(err)}")
     return "\n".join(msgs)
+
+
+def _value_message(err: Any) -> str:
+    """One pydantic error about a value, in words: booleans given for numbers are named as such."""
+    if isinstance(err.get("input"), bool):
+        if err["type"] == "int_type":
+            return f"expects a whole number, got {str(err['input']).lower()} (a boolean is not a count)"
+        if err["type"] == "value_error":        # ComponentConfig's own refusal already names the value
+            return str(err["msg"]).removeprefix("Value error, ")
+    return f"{err['msg']} (got {err.get('input')!r})"
 
 
 def check_dimensions(recipe: Recipe, source: str = "<recipe>", lines: dict[Loc, int] | None = None,

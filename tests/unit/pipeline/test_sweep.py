@@ -12,6 +12,7 @@ import pytest
 from elfkit.errors import RecipeError
 from elfkit.pipeline import evaluate, sweep
 from elfkit.pipeline.sweep import parse_grid, run_sweep
+from elfkit.pipeline.train.guard import TrainingDiverged
 from elfkit.registry import build_registry
 from tests.fixtures import fake_components
 from tests.fixtures.optional import requires_wheel
@@ -39,9 +40,10 @@ sweep:
 class FakeStages:
     """train_stage/sample_stage with the real contracts' skip-if-done behaviour, recording calls."""
 
-    def __init__(self, crash_on: str | None = None) -> None:
+    def __init__(self, crash_on: str | None = None, diverge_on: str | None = None) -> None:
         self.calls: list[tuple] = []
         self.crash_on = crash_on
+        self.diverge_on = diverge_on
 
     def train_stage(self, recipe, run_dir: Path) -> Path:
         ckpt = Path(run_dir) / "checkpoints" / "last.pt"
@@ -50,6 +52,9 @@ class FakeStages:
             return ckpt
         if recipe.target.name == self.crash_on:
             raise KeyboardInterrupt("interrupted mid-sweep")
+        if recipe.target.name == self.diverge_on:
+            self.calls.append(("train-diverged", recipe.target.name))
+            raise TrainingDiverged("training diverged at step 4: 3 consecutive steps with a non-finite loss")
         self.calls.append(("train", recipe.target.name))
         ckpt.parent.mkdir(parents=True)
         ckpt.write_text(json.dumps({"target": recipe.target.name}))
@@ -114,7 +119,7 @@ def test_two_by_two_sweep(tmp_path, monkeypatch, registry):
     rows = read_csv(out / "sweep.csv")
     assert len(rows) == 4
     assert list(rows[0]) == ["setting", "target", "sampler.size", "gen_ppl", "gen_ppl_stderr", "entropy",
-                             "entropy_stderr", "seeds"]
+                             "entropy_stderr", "seeds", "status"]
     assert [(r["target"], r["sampler.size"], r["seeds"]) for r in rows] == [
         ("x", "2", "2"), ("x", "4", "2"), ("v", "2", "2"), ("v", "4", "2")]
     ppl = {(r["target"], r["sampler.size"]): float(r["gen_ppl"]) for r in rows}
@@ -136,6 +141,29 @@ def test_two_by_two_sweep(tmp_path, monkeypatch, registry):
     real = [m for m in json.loads((out / rows[0]["setting"] / "metrics.json").read_text()) if m["row"] == "real text"]
     assert real and real[0]["mean"] == pytest.approx(1.0)             # sorted text: no disorder
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+@requires_wheel("matplotlib")
+def test_a_diverging_setting_is_marked_and_the_others_still_run(tmp_path, monkeypatch, registry):
+    stages = FakeStages(diverge_on="x")       # the first training setting diverges
+    install(monkeypatch, stages)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingDiverged) as exc:
+        run_sweep(write_recipe(tmp_path), {"sampler.size": [2, 4]}, out, registry=registry)
+
+    assert stages.calls == [("train-diverged", "x"), ("train", "v"), ("sample", "v", 2), ("sample", "v", 4)]
+    message = str(exc.value)
+    assert message.startswith("1 of 2 training setting(s) diverged: target=x (see ")
+    assert f"marked 'diverged', is in {out / 'sweep.md'}" in message
+    rows = read_csv(out / "sweep.csv")
+    assert [(r["target"], r["sampler.size"], r["status"]) for r in rows] == [
+        ("x", "2", "diverged"), ("x", "4", "diverged"), ("v", "2", "ok"), ("v", "4", "ok")]
+    assert rows[0]["gen_ppl"] == "" and float(rows[2]["gen_ppl"]) > 0
+    assert (out / rows[0]["setting"] / "report.md").is_file()        # the diverged training's own report
+    table = [ln for ln in (out / "sweep.md").read_text().splitlines() if ln.startswith("| x |")]
+    assert len(table) == 2 and all(ln.count("diverged") == 2 for ln in table)   # gen_ppl and entropy cells
+    assert "Reference rows" in (out / "sweep.md").read_text()           # taken from a setting that has them
 
 
 @pytest.mark.slow

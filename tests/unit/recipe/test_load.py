@@ -172,6 +172,21 @@ def test_a_boolean_is_not_a_step_count(tmp_path, registry):
         load_recipe(write(tmp_path, GOOD + "seed: true\n"), registry=registry)
 
 
+def test_a_boolean_is_not_a_number_in_a_component_config(tmp_path, registry):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, GOOD), ["sample.sampler.size=true"], registry=registry)
+    assert str(e.value).endswith("sample.sampler.size: expects a number, got true (a boolean is not a number here)")
+    assert load_recipe(write(tmp_path, GOOD), ["sample.sampler.size=3"], registry=registry).sample.sampler.config.size == 3
+
+
+def test_accepts_bool_reads_unions_and_literals():
+    from typing import Any, Literal
+
+    from elfkit.config import accepts_bool
+    assert accepts_bool(bool) and accepts_bool(int | bool) and accepts_bool(Any) and accepts_bool(Literal[True, "x"])
+    assert not accepts_bool(int) and not accepts_bool(float | None) and not accepts_bool(Literal["a", 1])
+
+
 @pytest.mark.parametrize("extra, needle", [
     ("train:\n  steps: 5\n", "r.yaml:11: train: duplicate key (first set on line 9); keep one"),
     ("  steps: 20\n", "r.yaml:11: train.steps: duplicate key (first set on line 10); keep one"),
