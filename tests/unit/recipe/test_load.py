@@ -176,7 +176,8 @@ def test_a_boolean_is_not_a_number_in_a_component_config(tmp_path, registry):
     with pytest.raises(RecipeError) as e:
         load_recipe(write(tmp_path, GOOD), ["sample.sampler.size=true"], registry=registry)
     assert str(e.value).endswith("sample.sampler.size: expects a number, got true (a boolean is not a number here)")
-    assert load_recipe(write(tmp_path, GOOD), ["sample.sampler.size=3"], registry=registry).sample.sampler.config.size == 3
+    ok = load_recipe(write(tmp_path, GOOD), ["sample.sampler.size=3"], registry=registry)
+    assert ok.sample.sampler.config.size == 3
 
 
 def test_accepts_bool_reads_unions_and_literals():
