@@ -55,6 +55,8 @@ def test_two_fresh_processes_give_identical_checkpoints_samples_metrics_and_logs
         assert any(k.startswith("optimizer.") for k in ta) and any(k.startswith("ema.") for k in ta)
         different = [k for k in ta if not torch.equal(ta[k], tb[k])]
         assert not different, (name, different[:5])
+        # the files too: metadata (step, data position, recipe, every RNG state) and checksum
+        assert (a / "checkpoints" / name).read_bytes() == (b / "checkpoints" / name).read_bytes(), name
     for name in ("samples.jsonl", "metrics.json", "references.jsonl"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert _log(a) == _log(b)

@@ -309,7 +309,7 @@ class _Trainer:
             return TrainResult(self.resumed_path, self.progress.step, self.progress.loss, 0.0,
                                "already-done")
         if not resumed or info.world_size > 1:   # dropout etc.: a per-rank stream, reproducible from the step
-            torch.manual_seed(micro_seed(self.c.recipe.seed, self.progress.step, 10_000 + info.rank))
+            train_state.seed_global_streams(micro_seed(self.c.recipe.seed, self.progress.step, 10_000 + info.rank))
         self.raw.train(True)
         stream = _stream(self.data, self.progress, batch_size=self.micro, seed=self.c.recipe.seed, info=info)
         trackers = open_trackers(train.log_to, self.rundir.root, resolved_dict(self.c.recipe), enabled=info.is_main)

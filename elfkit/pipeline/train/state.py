@@ -39,6 +39,19 @@ class Progress:
     loss: float | None = None
 
 
+def seed_global_streams(seed: int) -> None:
+    """Seed torch's, Python's and numpy's global RNGs from one number.
+
+    elfkit draws from its own generators; the global streams are seeded too so that any draw
+    from them (dropout, a library's shuffle) is reproducible, and so that the RNG state a
+    checkpoint stores is the same in every process, which makes the checkpoint file itself
+    byte-identical between two runs of the same recipe.
+    """
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     """Every RNG stream as tensors and plain values (a checkpoint stores nothing else)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
