@@ -38,6 +38,7 @@ from elfkit.components.backbones import EagerRunner  # noqa: E402
 from elfkit.components.samplers.base import SamplerConfig  # noqa: E402
 from elfkit.components.time import UniformConfig, UniformTime  # noqa: E402
 from elfkit.contracts import Sampler, TimeDistribution  # noqa: E402
+from elfkit.core.distributions import uniform_grid  # noqa: E402
 from elfkit.generation import generate  # noqa: E402
 from elfkit.pipeline.trained import load_trained  # noqa: E402
 from tests.fixtures.broken_samplers import ClampedLastStep as OldEuler  # noqa: E402  (elfkit's Euler before the x̂ fix)
@@ -60,11 +61,10 @@ def split_grid(fine: int, coarse: int, split: float, *, fine_first: bool) -> Ten
     """A grid with ``fine`` uniform intervals' spacing on one side of ``split`` and ``coarse``
     intervals' spacing on the other (both grids keep their own points; ``split`` should be a
     point of both)."""
-    f, c = torch.linspace(0, 1, fine + 1), torch.linspace(0, 1, coarse + 1)
+    f, c = uniform_grid(fine), uniform_grid(coarse)
     below, above = (f, c) if fine_first else (c, f)
     eps = 1e-6
     return torch.cat([below[below <= split + eps], above[above > split + eps]])
-
 
 
 SAMPLERS: dict[str, tuple[str, dict[str, float]]] = {
