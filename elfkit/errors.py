@@ -44,5 +44,9 @@ class StorageError(ElfkitError):
     """A file could not be written: disk full, read-only or unwritable folder (nothing good was overwritten)."""
 
 
+class DistributedSetupError(ElfkitError):
+    """The torchrun environment cannot form a process group (e.g. an address that does not resolve)."""
+
+
 class RunDirBusyError(ElfkitError):
     """Another elfkit process holds the run directory's lock."""

@@ -7,9 +7,11 @@ The file is also the worker script: ``torchrun ... test_distributed.py RUN_DIR S
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,22 +33,46 @@ def _worker(run_dir: str, steps: int, parallel: str, table: str = "frozen") -> N
     fit(comps, data, RunDir(Path(run_dir)))
 
 
+WORKER_TIMEOUT_S = 180   # a worker ends itself (SIGALRM) after this, whatever it is blocked in
+LAUNCH_TIMEOUT_S = 240   # then torchrun, which should have seen its workers fail by now
+
+
 def _torchrun(run_dir: Path, steps: int, parallel: str, table: str = "frozen") -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    """Run the worker script under ``torchrun --standalone`` on 2 CPU ranks; fail with its output.
+
+    ``--local-addr 127.0.0.1``: otherwise torchrun's agent binds the machine's FQDN, which a CI
+    host may not resolve (it then retries for many minutes before starting a worker). torchrun
+    starts each worker in its own session, so killing torchrun's process group would leave a hung
+    worker behind: workers time themselves out instead, and output goes to a file, not a pipe a
+    leftover worker could hold open.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "ELFKIT_TEST_WORKER_TIMEOUT": str(WORKER_TIMEOUT_S)}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr", "127.0.0.1",
+           "--nproc_per_node=2",
            str(Path(__file__).resolve()), str(run_dir), str(steps), parallel, table]
-    # own session, so a hang kills torchrun *and* its workers (not just the launcher)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun timed out (a collective mismatch between ranks?)\n{err[-6000:]}")
-    assert proc.returncode == 0, out[-3000:] + err[-6000:]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=LAUNCH_TIMEOUT_S)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.send_signal(signal.SIGTERM)   # torchrun forwards it to the workers' sessions
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.seek(0)
+        output = log.read()
+    if timed_out:
+        pytest.fail(f"torchrun ran past {LAUNCH_TIMEOUT_S} s (a collective mismatch between ranks, or a host "
+                    f"name that does not resolve?)\n{output[-6000:]}")
+    assert proc.returncode == 0, output[-8000:]
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +140,27 @@ def test_fsdp2_two_ranks_match_accumulated_single_process(tmp_path, single_proce
     _assert_same_weights(load_checkpoint(tmp_path / "checkpoints" / "last"), single_process)
 
 
+@pytest.mark.slow
+def test_torchrun_runs_on_a_host_whose_name_does_not_resolve(tmp_path) -> None:
+    """The CI host whose suite hung for 90 minutes: its name resolved nowhere, and ``torchrun
+    --standalone`` (its agent, before any worker starts) retries binding that name. Replayed in a
+    private UTS namespace; ``_torchrun``'s ``--local-addr 127.0.0.1`` must make it run."""
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "--uts", "hostname", "elfkit-unresolvable-host"], capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare --uts` (util-linux, and the right to make a UTS namespace) to rename the host")
+    script = ("import socket; from pathlib import Path; "
+              "from tests.integration.test_distributed import _torchrun; "
+              "print('HOST', socket.gethostname()); "
+              f"_torchrun(Path({str(tmp_path)!r}), 2, 'ddp')")
+    proc = subprocess.run(["unshare", "--uts", "sh", "-c", 'hostname elfkit-unresolvable-host && exec "$0" -c "$1"',
+                           sys.executable, script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S + 60)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert "HOST elfkit-unresolvable-host" in proc.stdout
+    assert (tmp_path / "checkpoints" / "last").exists()
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
+    signal.alarm(int(os.environ.get("ELFKIT_TEST_WORKER_TIMEOUT", "0")))   # default action: the worker ends
     _worker(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])

@@ -9,6 +9,7 @@ process group (nccl on CUDA, gloo on CPU), wraps the backbone in DDP or FSDP2
 from __future__ import annotations
 
 import os
+import socket
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeGuard
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from elfkit.errors import RecipeError
+from elfkit.errors import DistributedSetupError, RecipeError
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FSDPModule
@@ -53,9 +54,31 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
         torch.cuda.set_device(dev)
     created = False
     if world > 1 and not dist.is_initialized():
+        check_master_addr()
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         created = True
     return DistInfo(rank, world, local_rank, dev, created)
+
+
+def check_master_addr() -> None:
+    """Refuse a ``MASTER_ADDR`` this machine cannot resolve, before joining the group.
+
+    ``init_process_group`` would otherwise retry the connection until its 30-minute timeout
+    without a word about why (a launch script that exports a host name from another network,
+    a typo, a CI host missing from ``/etc/hosts``).
+    """
+    addr = os.environ.get("MASTER_ADDR")
+    if not addr:
+        return
+    try:
+        socket.getaddrinfo(addr, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise DistributedSetupError(
+            f"MASTER_ADDR={addr!r} does not resolve on this machine ({e}), so the process group could "
+            "never connect. Set MASTER_ADDR to an address every rank can reach (127.0.0.1 on one machine); "
+            "under torchrun, pass --local-addr 127.0.0.1 on one machine or --rdzv-endpoint HOST:PORT "
+            "across machines."
+        ) from e
 
 
 def teardown(info: DistInfo) -> None:
