@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from elfkit.config import BOOL_REFUSAL
 from elfkit.errors import RecipeError, RegistryError
 from elfkit.recipe.schema import COMPONENT_SLOTS, ComponentRef, Recipe
 from elfkit.registry import Registry, default_registry, missing_sources
@@ -327,12 +328,9 @@ def _format_component_errors(exc: ValidationError, source: str, lines: dict[Loc,
 
 
 def _value_message(err: Any) -> str:
-    """One pydantic error about a value, in words: booleans given for numbers are named as such."""
-    if isinstance(err.get("input"), bool):
-        if err["type"] == "int_type":
-            return f"expects a whole number, got {str(err['input']).lower()} (a boolean is not a count)"
-        if err["type"] == "value_error":        # ComponentConfig's own refusal already names the value
-            return str(err["msg"]).removeprefix("Value error, ")
+    """One pydantic error about a value, in words (a boolean refused for a number already names it)."""
+    if err["type"] == "value_error" and BOOL_REFUSAL in str(err["msg"]):
+        return str(err["msg"]).removeprefix("Value error, ")
     return f"{err['msg']} (got {err.get('input')!r})"
 
 

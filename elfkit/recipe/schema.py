@@ -20,9 +20,8 @@ from elfkit.components.objectives.elf import ElfObjectiveConfig
 from elfkit.components.samplers.sde import SdeConfig
 from elfkit.components.targets import TargetConfig
 from elfkit.components.time import LogitNormalConfig
+from elfkit.config import StrictModel
 from elfkit.core.flow import NOISE_SCALE, T_EPS, T_MIN, FlowPath
-
-STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
 
 
 class ComponentRef(BaseModel):
@@ -60,10 +59,9 @@ def default_ref(name: str, config: type[BaseModel]) -> ComponentRef:
     return ref(name, **config().model_dump())
 
 
-class PathSection(BaseModel):
+class PathSection(StrictModel):
     """The flow path shared by training and sampling."""
 
-    model_config = STRICT
     noise_scale: float = Field(default=NOISE_SCALE, gt=0)
     """s in z = t·x + (1−t)·s·ε (ELF: 2.0). Also scales sampling's initial and SDE noise."""
     t_eps: float = Field(default=T_EPS, gt=0, lt=1)
@@ -76,10 +74,9 @@ class PathSection(BaseModel):
         return FlowPath(self.noise_scale, self.t_eps, self.t_min)
 
 
-class MuonSection(BaseModel):
-    model_config = STRICT
+class MuonSection(StrictModel):
     momentum: float = Field(default=0.95, ge=0, lt=1, allow_inf_nan=False)
-    ns_steps: int = Field(default=5, ge=1, strict=True)
+    ns_steps: int = Field(default=5, ge=1)
     implementation: Literal["reference", "torch"] = "reference"
     """'reference': optax-style Muon as ELF trains it (bias-corrected Nesterov, √max(1,out/in)
     scaling). 'torch': torch.optim.Muon (differs: see docs/optimisation.md)."""
@@ -92,19 +89,18 @@ class MuonSection(BaseModel):
     unembedding): ~5× fewer FLOPs there, different rounding (docs/optimisation.md)."""
 
 
-class TrainSection(BaseModel):
-    model_config = STRICT
-    steps: int = Field(default=1000, gt=0, strict=True)
+class TrainSection(StrictModel):
+    steps: int = Field(default=1000, gt=0)
     """Optimiser steps."""
-    batch_size: int = Field(default=32, gt=0, strict=True)
+    batch_size: int = Field(default=32, gt=0)
     """Global batch (all ranks, one accumulation step counts once)."""
-    grad_accum: int = Field(default=1, ge=1, strict=True)
+    grad_accum: int = Field(default=1, ge=1)
     """Micro-steps per optimiser step; the LR uses blr·batch_size·grad_accum/256."""
     blr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
     """Base LR; the LR is blr·batch_size·grad_accum/256 (ELF: 1e-3 → 2e-3 at 512)."""
     lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Explicit LR (overrides the blr rule)."""
-    warmup_steps: int = Field(default=0, ge=0, strict=True)
+    warmup_steps: int = Field(default=0, ge=0)
     """Linear warmup from 0, then constant (ELF)."""
     optimizer: Literal["muon", "adamw"] = "muon"
     """'muon': Muon on 2-D params + Nesterov-Adam on the rest (ELF). 'adamw': AdamW on all."""
@@ -120,23 +116,23 @@ class TrainSection(BaseModel):
     """'bf16': autocast for the blocks; heads, norms and losses stay fp32 (reference)."""
     compile: bool = False
     activation_checkpointing: bool = False
-    checkpoint_every: int = Field(default=200, gt=0, strict=True)
+    checkpoint_every: int = Field(default=200, gt=0)
     """Steps between checkpoints (also written at the end and on Ctrl-C)."""
-    keep_checkpoints: int = Field(default=2, ge=1, strict=True)
-    log_every: int = Field(default=10, gt=0, strict=True)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    log_every: int = Field(default=10, gt=0)
     max_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Wall-time budget: when reached, training ends with a checkpoint and the run moves on to
     sampling (the step reached is recorded in stages.json and the report)."""
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
     """Under torchrun: DDP ('auto' for B-size models) or FSDP2 fully_shard."""
-    max_bad_steps: int = Field(default=3, ge=1, strict=True)
+    max_bad_steps: int = Field(default=3, ge=1)
     """Consecutive steps with a non-finite loss or gradient norm (each is skipped: no optimiser,
     EMA or scheduler update) after which the run stops as diverged."""
     spike_factor: float | None = Field(default=5.0, gt=1, allow_inf_nan=False)
     """A loss above this × the median of the last `spike_window` healthy losses is a spike
     (a warning in the log and report). None = no spike detection."""
-    spike_window: int = Field(default=50, ge=1, strict=True)
-    max_spike_steps: int | None = Field(default=50, ge=1, strict=True)
+    spike_window: int = Field(default=50, ge=1)
+    max_spike_steps: int | None = Field(default=50, ge=1)
     """Consecutive spiking steps after which the run stops as diverged (None = only warn)."""
     log_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(default_factory=lambda: ["jsonl"])
     """Where training metrics go: train_log.jsonl (always: the report reads it), TensorBoard
@@ -153,37 +149,33 @@ class TrainSection(BaseModel):
         return self
 
 
-class SampleSection(BaseModel):
-    model_config = STRICT
+class SampleSection(StrictModel):
     sampler: ComponentRef = Field(default_factory=lambda: default_ref("sde", SdeConfig))
     grid: ComponentRef | None = None
     """Time component giving the grid; None = the recipe's training `time` (ELF)."""
     guidance: ComponentRef = Field(default_factory=lambda: default_ref("self-cond", SelfCondConfig))
-    num_samples: int = Field(default=64, gt=0, strict=True)
-    batch_size: int = Field(default=32, gt=0, strict=True)
+    num_samples: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=32, gt=0)
     use_ema: bool = True
     seeds: list[int] = Field(default_factory=lambda: [0])
     """One sample set per seed; metrics are reported as mean ± standard error."""
 
 
-class EvalSection(BaseModel):
-    model_config = STRICT
+class EvalSection(StrictModel):
     evaluators: list[ComponentRef] = Field(default_factory=list)
     references: bool = True
     """Also score held-out real text and a token-shuffled copy of it, as reference rows."""
-    num_references: int = Field(default=64, gt=0, strict=True)
+    num_references: int = Field(default=64, gt=0)
 
 
-class SweepSection(BaseModel):
-    model_config = STRICT
+class SweepSection(StrictModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     """Dotted recipe key → values; the sweep is the cartesian product."""
 
 
-class PluginProvenance(BaseModel):
+class PluginProvenance(StrictModel):
     """Which plugin provided a component of a run (written by elfkit into the resolved recipe)."""
 
-    model_config = STRICT
     component: str
     """``kind/name``, e.g. ``sampler/my-sampler``."""
     file: str | None = None
@@ -192,10 +184,9 @@ class PluginProvenance(BaseModel):
     version: str | None = None
 
 
-class DistillRound(BaseModel):
+class DistillRound(StrictModel):
     """One round of progressive distillation: the student learns spans of 1/student_steps."""
 
-    model_config = STRICT
     student_steps: int = Field(gt=0)
     """The student's sampling steps after this round (Δ = 1/student_steps)."""
     teacher_substeps: int = Field(gt=0)
@@ -204,11 +195,10 @@ class DistillRound(BaseModel):
     """Optimiser steps of this round (None = train.steps)."""
 
 
-class DistillSection(BaseModel):
+class DistillSection(StrictModel):
     """Progressive distillation (the official distillation branch): rounds of a frozen teacher
     teaching a student with fewer steps; see docs/distillation.md."""
 
-    model_config = STRICT
     teacher: str
     """An elfkit run directory (or its checkpoint file), an official checkpoint file or folder, or a
     hub id (embedded-language-flows/ELF-B-owt-torch); relative paths are from the working directory."""
@@ -249,13 +239,12 @@ class DistillSection(BaseModel):
         return self
 
 
-class Recipe(BaseModel):
+class Recipe(StrictModel):
     """A whole run: data → embedder → backbone/target/objective → train → sample → eval."""
 
-    model_config = STRICT
     name: str
     description: str = ""
-    seed: int = Field(default=0, ge=0, strict=True)
+    seed: int = Field(default=0, ge=0)
     """Seeds everything random: initial weights, data order, training noise (sampling has sample.seeds)."""
     plugins: list[str] = Field(default_factory=list)
     """One-file plugins (paths relative to the recipe file) loaded before validation."""

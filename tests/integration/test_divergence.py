@@ -80,6 +80,7 @@ def test_lr_inf_and_a_boolean_step_count_are_validation_errors_naming_file_line_
     proc = _elfkit(tmp_path, "train", str(recipe), "--out", str(tmp_path / "run"))
     err = _flat(proc.stderr)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert f"{recipe}:{steps + 1}: train.steps: expects a whole number, got true (a boolean is not a count)" in err
+    assert f"{recipe}:{steps + 1}: train.steps: expects a whole number, got true (a boolean is not a number here)" \
+        in err
     assert f"{recipe}:{blr + 1}: train.lr: Input should be a finite number (got inf)" in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from elfkit.config import StrictModel
 from elfkit.errors import ExportError
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -31,8 +32,8 @@ _DEFAULT_THRESHOLDS: dict[str, tuple[float, float, float]] = {
 }
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+class _Frozen(StrictModel):
+    model_config = ConfigDict(frozen=True)
 
 
 class DimRange(_Frozen):

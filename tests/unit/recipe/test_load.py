@@ -154,6 +154,10 @@ def test_schema_defaults_come_from_the_components(tmp_path):
     ("  blr: .inf", "r.yaml:11: train.blr: Input should be a finite number (got inf)"),
     ("  blr: -1.0e-3", "r.yaml:11: train.blr: Input should be greater than 0"),
     ("  checkpoint_every: true", "r.yaml:11: train.checkpoint_every: expects a whole number, got true"),
+    ("  lr: true", "r.yaml:11: train.lr: expects a number, got true (a boolean is not a number here)"),
+    ("  ema_decay: false", "r.yaml:11: train.ema_decay: expects a number, got false"),
+    ("  adam_betas: [0.9, true]", "r.yaml:11: train.adam_betas: item 1 expects a number, got true"),
+    ("  max_spike_steps: true", "r.yaml:11: train.max_spike_steps: expects a whole number, got true"),
 ])
 def test_non_finite_or_non_positive_lr_and_boolean_counts_name_file_line_and_key(tmp_path, registry, line, needle):
     with pytest.raises(RecipeError) as e:
@@ -165,17 +169,23 @@ def test_a_boolean_is_not_a_step_count(tmp_path, registry):
     with pytest.raises(RecipeError) as e:
         load_recipe(write(tmp_path, GOOD.replace("steps: 10", "steps: true")), registry=registry)
     assert str(e.value) == (f"{tmp_path / 'r.yaml'}:10: train.steps: expects a whole number, got true "
-                            "(a boolean is not a count)")
+                            "(a boolean is not a number here)")
     with pytest.raises(RecipeError, match="train.steps: expects a whole number, got false"):
         load_recipe(write(tmp_path, GOOD), ["train.steps=false"], registry=registry)
-    with pytest.raises(RecipeError, match="seed"):
+    with pytest.raises(RecipeError, match="seed: expects a whole number, got true"):
         load_recipe(write(tmp_path, GOOD + "seed: true\n"), registry=registry)
+    with pytest.raises(RecipeError, match=r"sample.seeds: item 1 expects a whole number, got true"):
+        load_recipe(write(tmp_path, GOOD), ["sample.seeds=[0, true]"], registry=registry)
+    ok = load_recipe(write(tmp_path, GOOD), ["sample.use_ema=false"],
+                     registry=registry)
+    assert ok.sample.use_ema is False          # a boolean where a boolean is meant still passes
 
 
 def test_a_boolean_is_not_a_number_in_a_component_config(tmp_path, registry):
     with pytest.raises(RecipeError) as e:
         load_recipe(write(tmp_path, GOOD), ["sample.sampler.size=true"], registry=registry)
-    assert str(e.value).endswith("sample.sampler.size: expects a number, got true (a boolean is not a number here)")
+    assert str(e.value).endswith("sample.sampler.size: expects a whole number, got true "
+                                 "(a boolean is not a number here)")
     ok = load_recipe(write(tmp_path, GOOD), ["sample.sampler.size=3"], registry=registry)
     assert ok.sample.sampler.config.size == 3
 
@@ -186,6 +196,34 @@ def test_accepts_bool_reads_unions_and_literals():
     from elfkit.config import accepts_bool
     assert accepts_bool(bool) and accepts_bool(int | bool) and accepts_bool(Any) and accepts_bool(Literal[True, "x"])
     assert not accepts_bool(int) and not accepts_bool(float | None) and not accepts_bool(Literal["a", 1])
+
+
+def test_bool_for_number_finds_a_boolean_in_any_number_slot():
+    from typing import Any, Literal
+
+    from elfkit.config import bool_for_number
+    whole, number = "expects a whole number, got true", "expects a number, got false"
+    assert bool_for_number(True, int).startswith(whole)
+    assert bool_for_number(False, float | None).startswith(number)
+    assert bool_for_number(True, int | float).startswith("expects a number")
+    assert bool_for_number([1, 2, True], list[int]).startswith("item 2 " + whole)
+    assert bool_for_number((0.9, False), tuple[float, float]).startswith("item 1 " + number)
+    assert bool_for_number([0.5, False], tuple[float, ...] | None).startswith("item 1 " + number)
+    assert bool_for_number({"a": True}, dict[str, float]).startswith("key 'a' expects a number, got true")
+    assert bool_for_number([[1], [True]], list[list[int]]).startswith("item 1 item 0 " + whole)
+    # where a boolean is allowed, or the slot is not a number (pydantic names that type error itself)
+    for value, annotation in [(True, bool), (True, int | bool), (True, Any), (True, Literal[True, "x"]),
+                              (True, str), (True, list[int]), ([True], list[Any]), ([True], list[bool]),
+                              ({"a": [True]}, dict[str, list[Any]]), (3, int), ([1, 2.5], list[float])]:
+        assert bool_for_number(value, annotation) is None, (value, annotation)
+
+
+def test_exporter_specs_refuse_a_boolean_size_too():
+    from pydantic import ValidationError
+
+    from elfkit.components.exporters.spec import DimRange
+    with pytest.raises(ValidationError, match="expects a whole number, got true"):
+        DimRange(min=True, opt=4, max=8)
 
 
 @pytest.mark.parametrize("extra, needle", [
