@@ -58,21 +58,18 @@ def _torchrun(run_dir: Path, steps: int, parallel: str, table: str = "frozen") -
                                 start_new_session=True)
         try:
             proc.wait(timeout=LAUNCH_TIMEOUT_S)
-            timed_out = False
         except subprocess.TimeoutExpired:
-            timed_out = True
             proc.send_signal(signal.SIGTERM)   # torchrun forwards it to the workers' sessions
             try:
                 proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            log.seek(0)
+            pytest.fail(f"torchrun ran past {LAUNCH_TIMEOUT_S} s (a collective mismatch between ranks, or a host "
+                        f"name that does not resolve?)\n{log.read()[-6000:]}")
         log.seek(0)
-        output = log.read()
-    if timed_out:
-        pytest.fail(f"torchrun ran past {LAUNCH_TIMEOUT_S} s (a collective mismatch between ranks, or a host "
-                    f"name that does not resolve?)\n{output[-6000:]}")
-    assert proc.returncode == 0, output[-8000:]
+        assert proc.returncode == 0, log.read()[-8000:]
 
 
 @pytest.fixture(scope="module")
